@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrievers.base import Document
 from retrievers.text import normalize, split_featuring
@@ -30,7 +30,7 @@ MAX_FIELD_CHARS = 1000
 
 
 class Track(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
     track_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     title: str = Field(min_length=1, max_length=MAX_FIELD_CHARS)
@@ -55,11 +55,6 @@ class Track(BaseModel):
     genres: tuple[str, ...] = ()
     subgenres: tuple[str, ...] = ()
 
-    @field_validator("title", "artist", "album", mode="before")
-    @classmethod
-    def _strip(cls, v: object) -> object:
-        return v.strip() if isinstance(v, str) else v
-
     @property
     def featured_artists(self) -> list[str]:
         return split_featuring(self.title)[1]
@@ -82,7 +77,9 @@ _CSV_TO_TRACK = {"track_name": "title", "track_artist": "artist", "track_popular
 
 
 def _split_tags(value: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in value.split("|") if t.strip())
+    if not value:
+        return ()
+    return tuple(t for t in (p.strip() for p in value.split("|")) if t)
 
 
 def _year(date: str) -> int | None:
@@ -90,18 +87,20 @@ def _year(date: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+_OPTIONAL_EMPTY_OK = frozenset({"album", "album_id", "release_date"})
+
+
 def row_to_track(row: dict[str, str]) -> Track:
     data: dict[str, object] = {}
     for col, value in row.items():
         if col is None:
             raise ValueError("row has more cells than the header")
-        key = _CSV_TO_TRACK.get(col, col)
-        data[key] = value
-    for tag in ("genres", "subgenres"):
-        data[tag] = _split_tags(str(data.get(tag) or ""))
+        if value == "" and col not in _OPTIONAL_EMPTY_OK:
+            continue  # empty optional cells fall back to the model's defaults
+        data[_CSV_TO_TRACK.get(col, col)] = value
+    data["genres"] = _split_tags(str(data.get("genres") or ""))
+    data["subgenres"] = _split_tags(str(data.get("subgenres") or ""))
     data["year"] = _year(str(data.get("release_date") or ""))
-    for k in [k for k, v in data.items() if v == "" and k not in ("album", "album_id", "release_date")]:
-        del data[k]  # empty optional cells fall back to the model's defaults
     return Track.model_validate(data)
 
 

@@ -1,0 +1,166 @@
+"""`/feedback` ingestion: validate against the logged search, then append to a Redis Stream.
+
+The 202 is only returned after XADD succeeded (Redis runs with AOF), so an acknowledged event is
+durable; the worker applies it later, idempotently by event_id. A batch is all-or-nothing: if any
+event is invalid, nothing is written and every bad event is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from services.keys import Keys
+from services.records import EventType, FeedbackEvent
+
+MAX_CLOCK_SKEW_S = 300.0
+
+
+class FeedbackEventIn(BaseModel):
+    """What clients send. `event_id` is the client's idempotency key (a UUID is generated if
+    absent); `timestamp` is unix seconds or ISO-8601 and defaults to receipt time."""
+
+    event_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")
+    search_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    track_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    type: EventType
+    position: int = Field(ge=1, le=1000)
+    timestamp: float | None = None
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    session_id: str | None = Field(default=None, min_length=1, max_length=128)
+    dwell_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+
+    model_config = {"extra": "forbid"}
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _ts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from datetime import datetime
+
+            try:
+                return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise ValueError("timestamp must be unix seconds or ISO-8601") from None
+        return v
+
+
+class FeedbackBatchIn(BaseModel):
+    events: list[FeedbackEventIn] = Field(min_length=1, max_length=1000)
+    model_config = {"extra": "forbid"}
+
+
+@dataclass
+class EventError:
+    index: int
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+@dataclass
+class IngestResult:
+    accepted: list[str] = field(default_factory=list)
+    errors: list[EventError] = field(default_factory=list)
+
+
+class FeedbackIngest:
+    def __init__(self, client: redis.Redis, keys: Keys, *, decision_ttl_s: float, stream_maxlen: int = 5_000_000):
+        self.r = client
+        self.keys = keys
+        self.decision_ttl_s = decision_ttl_s
+        self.stream_maxlen = stream_maxlen
+
+    def ingest(self, events: list[FeedbackEventIn], *, now: float | None = None) -> IngestResult:
+        """Validates every event, then writes all of them or none. Raises redis errors upward
+        (the API turns them into 503): an event is never acknowledged without the XADD."""
+        now = time.time() if now is None else now
+        result = IngestResult()
+        search_ids = sorted({e.search_id for e in events})
+        pipe = self.r.pipeline(transaction=False)
+        for sid in search_ids:
+            pipe.get(self.keys.served(sid))
+        served_raw = dict(zip(search_ids, pipe.execute(), strict=True))
+        served: dict[str, tuple[float, list[str]]] = {}
+        for sid, raw in served_raw.items():
+            if raw is not None:
+                ts, _, ids = raw.decode().partition(" ")
+                served[sid] = (float(ts), ids.split())
+        ready: list[FeedbackEvent] = []
+        for i, e in enumerate(events):
+            err = self._check(e, served, now)
+            if err:
+                result.errors.append(EventError(i, *err))
+                continue
+            ready.append(FeedbackEvent(
+                event_id=e.event_id or uuid.uuid4().hex, search_id=e.search_id, track_id=e.track_id,
+                type=e.type, position=e.position, timestamp=e.timestamp if e.timestamp is not None else now,
+                user_id=e.user_id, session_id=e.session_id, dwell_ms=e.dwell_ms))
+        if result.errors:
+            return result
+        # One MULTI/EXEC: either every event of the batch is in the stream or none is.
+        pipe = self.r.pipeline(transaction=True)
+        for ev in ready:
+            pipe.xadd(self.keys.feedback_stream, {"e": ev.model_dump_json()}, maxlen=self.stream_maxlen,
+                      approximate=True)
+        pipe.execute()
+        result.accepted = [ev.event_id for ev in ready]
+        return result
+
+    def _check(self, e: FeedbackEventIn, served: dict[str, tuple[float, list[str]]],
+               now: float) -> tuple[str, str] | None:
+        if e.search_id not in served:
+            return "search_id", f"unknown or expired search_id '{e.search_id}' (feedback is accepted for " \
+                                f"{int(self.decision_ttl_s)} s after a search)"
+        search_ts, ids = served[e.search_id]
+        if e.track_id not in ids:
+            return "track_id", f"track_id '{e.track_id}' was not returned by search '{e.search_id}'"
+        if ids.index(e.track_id) + 1 != e.position:
+            return "position", f"track_id '{e.track_id}' was served at position {ids.index(e.track_id) + 1}, " \
+                               f"not {e.position}"
+        if e.timestamp is not None and not (search_ts - MAX_CLOCK_SKEW_S <= e.timestamp <= now + MAX_CLOCK_SKEW_S):
+            return "timestamp", "timestamp must lie between the search time and now (±5 min clock skew)"
+        return None
+
+
+def parse_feedback_body(body: Any) -> tuple[list[FeedbackEventIn] | None, list[dict[str, object]]]:
+    """Accepts one event object or {"events": [...]}. Returns the events or per-event errors."""
+    if isinstance(body, dict) and "events" in body:
+        raw = body.get("events")
+        if not isinstance(raw, list):
+            return None, [{"index": None, "field": "events", "message": "events must be a list"}]
+        if not 1 <= len(raw) <= 1000:
+            return None, [{"index": None, "field": "events", "message": "a batch holds 1 to 1000 events"}]
+        extra = set(body) - {"events"}
+        if extra:
+            return None, [{"index": None, "field": sorted(extra)[0], "message": "unexpected field"}]
+    elif isinstance(body, dict):
+        raw = [body]
+    else:
+        return None, [{"index": None, "field": "body", "message": "expected an event object or {\"events\": [...]}"}]
+    events: list[FeedbackEventIn] = []
+    errors: list[dict[str, object]] = []
+    for i, item in enumerate(raw):
+        try:
+            events.append(FeedbackEventIn.model_validate(item))
+        except ValidationError as exc:
+            for err in exc.errors():
+                errors.append({"index": i, "field": ".".join(str(p) for p in err["loc"]) or "event",
+                               "message": err["msg"]})
+    return (None, errors) if errors else (events, [])
+
+
+def served_value(ts: float, served: list[str]) -> str:
+    return f"{ts:.3f} " + " ".join(served)
+
+
+def decode_event(fields: dict[bytes, bytes]) -> FeedbackEvent:
+    return FeedbackEvent.model_validate(json.loads(fields[b"e"]))

@@ -1,0 +1,52 @@
+"""Every Redis key the service uses, in one place (prefix configurable for shared clusters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "ltrr"
+
+    def decision(self, search_id: str) -> str:  # full DecisionRecord JSON, TTL = join window
+        return f"{self.prefix}:decision:{search_id}"
+
+    def served(self, search_id: str) -> str:  # space-joined served ids: cheap /feedback validation
+        return f"{self.prefix}:served:{search_id}"
+
+    def search_events(self, search_id: str) -> str:  # list of applied event JSON for reward aggregation
+        return f"{self.prefix}:events:{search_id}"
+
+    def applied(self, event_id: str) -> str:  # idempotency marker per event id
+        return f"{self.prefix}:applied:{event_id}"
+
+    def finalized(self, search_id: str) -> str:  # idempotency marker per rewarded search
+        return f"{self.prefix}:finalized:{search_id}"
+
+    def user_genres(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{user_id}:genres"
+
+    @property
+    def pending(self) -> str:  # zset search_id -> join-window deadline
+        return f"{self.prefix}:pending"
+
+    @property
+    def feedback_stream(self) -> str:
+        return f"{self.prefix}:feedback"
+
+    @property
+    def bandit_updates(self) -> str:  # durable stream of rewarded decisions; the bandit replays it
+        return f"{self.prefix}:bandit:updates"
+
+    @property
+    def bandit_model(self) -> str:  # hash: version, model bytes, last applied update id
+        return f"{self.prefix}:bandit:model"
+
+    @property
+    def counts(self) -> str:  # hash: applied events per type, rewarded searches...
+        return f"{self.prefix}:counts"
+
+    @property
+    def group(self) -> str:
+        return "workers"
