@@ -302,7 +302,7 @@ def bulk_index(
     total: int | None = None,
     progress: bool = False,
     desc: str = "index",
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> BulkSummary:
     """Sends `actions` (streaming_bulk action dicts with `_id`) in chunks. Items that fail with a
     retryable status (429 back-pressure, 5xx, timeouts, dropped connections, whether per item or
@@ -310,6 +310,7 @@ def bulk_index(
     with their reasons. Never raises for document errors: the caller decides from the summary."""
     from tqdm import tqdm
 
+    pause = sleep or time.sleep  # looked up per call so tests and callers can swap it
     summary = BulkSummary()
     bar = tqdm(total=total, unit="doc", desc=desc, disable=not progress, mininterval=1.0)
     try:
@@ -317,7 +318,7 @@ def bulk_index(
             pending = chunk
             for attempt in range(settings.bulk_max_retries + 1):
                 if attempt:
-                    sleep(min(settings.bulk_max_backoff, settings.bulk_initial_backoff * 2 ** (attempt - 1)))
+                    pause(min(settings.bulk_max_backoff, settings.bulk_initial_backoff * 2 ** (attempt - 1)))
                 by_id = {a["_id"]: a for a in pending}
                 retry: list[dict[str, Any]] = []
                 last_try = attempt == settings.bulk_max_retries
@@ -405,7 +406,7 @@ def rebuild(
     *,
     total: int | None = None,
     progress: bool = False,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> tuple[str, BulkSummary]:
     """Creates a new concrete index, loads `actions_for(index_name)` into it and swaps the alias.
     Any document failure aborts before the swap (serving keeps the previous index) and removes
