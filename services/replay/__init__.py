@@ -1,0 +1,1 @@
+"""Offline (off-policy) replay evaluation of bandit policies and rankers on logged traffic."""
