@@ -1,0 +1,43 @@
+"""Retriever-selection contextual bandit: which retrievers (and how many candidates) to run per query.
+
+A library: it takes plain inputs (strings, word sets, dicts, floats) and never imports services/,
+retrievers/ or ranker/.
+"""
+
+from bandit.actions import Action, action_features, enumerate_actions
+from bandit.arm_stats import ArmStats
+from bandit.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
+from bandit.context import CONTEXT_FEATURES, build_context, render_shared
+from bandit.policy import (
+    CostModel,
+    Decision,
+    FixedPolicy,
+    Policy,
+    UniformRandomPolicy,
+    VWConfig,
+    VWPolicy,
+)
+from bandit.shadow import subset_latencies, subset_rewards
+
+__all__ = [
+    "CONTEXT_FEATURES",
+    "Action",
+    "ArmStats",
+    "CheckpointError",
+    "CostModel",
+    "Decision",
+    "FixedPolicy",
+    "Policy",
+    "UniformRandomPolicy",
+    "VWConfig",
+    "VWPolicy",
+    "action_features",
+    "build_context",
+    "enumerate_actions",
+    "load_checkpoint",
+    "load_latest",
+    "render_shared",
+    "save_checkpoint",
+    "subset_latencies",
+    "subset_rewards",
+]

@@ -1,0 +1,294 @@
+"""Retriever-selection policies behind one interface: the VW contextual bandit and baselines.
+
+Every policy returns the full distribution over the offered actions, so whatever it chose can be
+logged with its propensity and evaluated off-policy later. Cost (what VW minimizes) is
+    cost = -reward + latency_lambda * latency_cost(action)
+where latency_cost is the number of arms ("arms" mode) or the latency in units of reference_ms
+("ms" mode): the bandit buys recall at a price instead of always running everything.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import vowpal_wabbit_next as vw
+
+from bandit.actions import DEFAULT_REFERENCE_MS, Action, action_features, expected_latency_ms, render_action
+from bandit.context import render_shared
+
+# Bumped when the example layout (namespaces, feature names) changes: a model trained on another
+# layout must not be loaded silently.
+FEATURE_LAYOUT_VERSION = 1
+VW_VERSION: str = vw.VW_VERSION
+
+
+class RandomLike(Protocol):
+    def random(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: list[Action]
+    probabilities: list[float]  # over `actions`, sums to 1
+    chosen: int
+    propensity: float  # probabilities[chosen]
+    policy: str
+    version: str | None = None
+
+    @property
+    def action(self) -> Action:
+        return self.actions[self.chosen]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def decide(self, context: Mapping[str, float], actions: Sequence[Action], rng: RandomLike | None = None
+               ) -> Decision: ...
+
+    def learn(self, context: Mapping[str, float], actions: Sequence[Action], chosen: int, reward: float,
+              propensity: float, latency_ms: float | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class CostModel:
+    latency_lambda: float = 0.05
+    latency_mode: Literal["arms", "ms"] = "arms"
+    reference_ms: float = DEFAULT_REFERENCE_MS
+
+    def latency_cost(self, action: Action, latency_ms: float | None = None,
+                     context: Mapping[str, float] | None = None) -> float:
+        if self.latency_mode == "arms":
+            return float(len(action.arms))
+        ms = latency_ms if latency_ms is not None else expected_latency_ms(action, context)
+        if ms is None:
+            raise ValueError("latency_mode='ms' needs latency_ms or arm latencies in the context")
+        return ms / self.reference_ms
+
+    def cost(self, reward: float, action: Action, latency_ms: float | None = None,
+             context: Mapping[str, float] | None = None) -> float:
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+        return -reward + self.latency_lambda * self.latency_cost(action, latency_ms, context)
+
+
+@dataclass(frozen=True)
+class VWConfig:
+    exploration: Literal["epsilon", "squarecb"] = "epsilon"
+    epsilon: float = 0.05
+    gamma_scale: float = 10.0
+    gamma_exponent: float = 0.5
+    interactions: tuple[str, ...] = ("sa",)
+    # VW's default 0.5 left the greedy policy stuck on the "safe" pair in the two-query-type
+    # simulation (tests/test_bandit.py) in some seeds; 2.0 learned the single arms in every seed.
+    learning_rate: float = 2.0
+    cost: CostModel = field(default_factory=CostModel)
+    seed: int = 0
+    # Importance probability given to each action's example in full-information (shadow) learning;
+    # None means 1/len(actions). 1.0 treats every action as observed with certainty.
+    full_info_probability: float | None = 1.0
+    extra_args: tuple[str, ...] = ()
+
+    def vw_args(self) -> list[str]:
+        args = ["--cb_explore_adf", "--quiet", "--learning_rate", repr(self.learning_rate),
+                "--random_seed", str(self.seed)]
+        if self.exploration == "epsilon":
+            args += ["--epsilon", repr(self.epsilon)]
+        elif self.exploration == "squarecb":
+            args += ["--squarecb", "--gamma_scale", repr(self.gamma_scale), "--gamma_exponent",
+                     repr(self.gamma_exponent)]
+        else:
+            raise ValueError(f"unknown exploration {self.exploration!r}")
+        for q in self.interactions:
+            args += ["--interactions", q]
+        return args + list(self.extra_args)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["interactions"] = list(self.interactions)
+        d["extra_args"] = list(self.extra_args)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VWConfig:
+        d = dict(d)
+        d["cost"] = CostModel(**d.get("cost", {}))
+        d["interactions"] = tuple(d.get("interactions", ("sa",)))
+        d["extra_args"] = tuple(d.get("extra_args", ()))
+        return cls(**d)
+
+
+def _sample(probabilities: Sequence[float], rng: RandomLike) -> int:
+    u = rng.random()
+    acc = 0.0
+    last = 0
+    for i, p in enumerate(probabilities):
+        if p > 0:
+            acc += p
+            last = i
+            if u < acc:
+                return i
+    # Float round-off can leave u >= the final cumulative sum: fall back to the last possible action.
+    return last
+
+
+def _check_propensity(propensity: float) -> None:
+    if not (0.0 < propensity <= 1.0):
+        raise ValueError(f"propensity must be in (0, 1], got {propensity}")
+
+
+class VWPolicy:
+    """Contextual bandit over retriever subsets: VW `--cb_explore_adf` (epsilon-greedy or SquareCB)."""
+
+    name = "vw"
+
+    def __init__(self, config: VWConfig | None = None, model_data: bytes | None = None, version: str = "v0000") -> None:
+        self.config = config or VWConfig()
+        self.version = version
+        args = self.config.vw_args()
+        self._ws = vw.Workspace(args, model_data=model_data) if model_data is not None else vw.Workspace(args)
+        self._parser = vw.TextFormatParser(self._ws)
+        self._rng = random.Random(self.config.seed)
+        # A VW workspace is not thread safe; serving threads and the learner share one.
+        self._lock = threading.Lock()
+        self.n_learned = 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: VWConfig | None = None, version: str = "v0000") -> VWPolicy:
+        """Restore a serialized model; raises ValueError if VW cannot read the bytes."""
+        try:
+            return cls(config, model_data=data, version=version)
+        except RuntimeError as e:
+            raise ValueError(f"not a loadable VW model ({len(data)} bytes): {e}") from e
+
+    def serialize(self) -> bytes:
+        with self._lock:
+            return bytes(self._ws.serialize())
+
+    # -- examples ---------------------------------------------------------------------------------
+    def example_lines(self, context: Mapping[str, float], actions: Sequence[Action],
+                      labelled: int | None = None, cost: float = 0.0, probability: float = 1.0) -> list[str]:
+        """The VW text lines for one decision; `labelled` puts '0:cost:probability' on that action."""
+        ref = self.config.cost.reference_ms
+        lines = [render_shared(context)]
+        for i, a in enumerate(actions):
+            label = f"0:{cost:.6g}:{probability:.6g}" if i == labelled else None
+            lines.append(render_action(action_features(a, context, ref), label))
+        return lines
+
+    def _parse(self, lines: list[str]) -> list[vw.Example]:
+        return [self._parser.parse_line(line) for line in lines]
+
+    # -- policy interface -------------------------------------------------------------------------
+    def probabilities(self, context: Mapping[str, float], actions: Sequence[Action]) -> list[float]:
+        if not actions:
+            raise ValueError("no actions to choose from")
+        lines = self.example_lines(context, actions)
+        with self._lock:
+            pred = self._ws.predict_one(self._parse(lines))
+        probs = [0.0] * len(actions)
+        for idx, p in pred:
+            probs[idx] = max(0.0, float(p))
+        total = sum(probs)
+        # VW returns float32 probabilities; renormalize so the logged distribution sums to 1.
+        return [p / total for p in probs] if total > 0 else [1.0 / len(actions)] * len(actions)
+
+    def decide(self, context: Mapping[str, float], actions: Sequence[Action], rng: RandomLike | None = None
+               ) -> Decision:
+        probs = self.probabilities(context, actions)
+        chosen = _sample(probs, rng or self._rng)
+        return Decision(list(actions), probs, chosen, probs[chosen], self.name, self.version)
+
+    def learn_cost(self, context: Mapping[str, float], actions: Sequence[Action], chosen: int, cost: float,
+                   propensity: float) -> None:
+        """Learn one logged decision with an already computed cost. `propensity` is the probability
+        the logging policy (any policy, not necessarily this one) gave the chosen action; VW's cb
+        estimators use it as the importance weight."""
+        _check_propensity(propensity)
+        if not 0 <= chosen < len(actions):
+            raise IndexError(f"chosen={chosen} outside {len(actions)} actions")
+        if not math.isfinite(cost):
+            raise ValueError(f"cost must be finite, got {cost}")
+        lines = self.example_lines(context, actions, chosen, cost, propensity)
+        with self._lock:
+            self._ws.learn_one(self._parse(lines))
+            self.n_learned += 1
+
+    def learn(self, context: Mapping[str, float], actions: Sequence[Action], chosen: int, reward: float,
+              propensity: float, latency_ms: float | None = None) -> None:
+        cost = self.config.cost.cost(reward, actions[chosen], latency_ms, context)
+        self.learn_cost(context, actions, chosen, cost, propensity)
+
+    def learn_full_information(self, context: Mapping[str, float], actions: Sequence[Action],
+                               rewards: Sequence[float], latencies: Sequence[float | None] | None = None) -> None:
+        """Shadow mode: every retriever ran, so every action's reward is known. Teaches VW each
+        action's cost as its own cb_adf example (same context, that action labelled)."""
+        if len(rewards) != len(actions):
+            raise ValueError(f"{len(rewards)} rewards for {len(actions)} actions")
+        if latencies is not None and len(latencies) != len(actions):
+            raise ValueError(f"{len(latencies)} latencies for {len(actions)} actions")
+        p = self.config.full_info_probability or 1.0 / len(actions)
+        for i, action in enumerate(actions):
+            lat = latencies[i] if latencies is not None else None
+            self.learn_cost(context, actions, i, self.config.cost.cost(rewards[i], action, lat, context), p)
+
+
+class FixedPolicy:
+    """Always the action with exactly these arms (probability 1). `arms=None` means the action
+    with the most arms ("run every retriever"). With `budget` None the first matching budget wins."""
+
+    def __init__(self, arms: Sequence[str] | None, budget: int | None = None) -> None:
+        self.arms = frozenset(arms) if arms is not None else None
+        self.budget = budget
+        self.name = "fixed:" + ("+".join(arms) if arms is not None else "all")
+
+    def index(self, actions: Sequence[Action]) -> int:
+        if not actions:
+            raise ValueError("no actions to choose from")
+        candidates = [i for i, a in enumerate(actions) if self.budget is None or a.budget == self.budget]
+        if self.arms is None:
+            if candidates:
+                return max(candidates, key=lambda i: len(actions[i].arms))
+        else:
+            for i in candidates:
+                if frozenset(actions[i].arms) == self.arms:
+                    return i
+        raise ValueError(f"{self.name} (budget {self.budget}) is not among the offered actions")
+
+    def decide(self, context: Mapping[str, float], actions: Sequence[Action], rng: RandomLike | None = None
+               ) -> Decision:
+        idx = self.index(actions)
+        probs = [0.0] * len(actions)
+        probs[idx] = 1.0
+        return Decision(list(actions), probs, idx, 1.0, self.name)
+
+    def learn(self, context: Mapping[str, float], actions: Sequence[Action], chosen: int, reward: float,
+              propensity: float, latency_ms: float | None = None) -> None:
+        """A fixed policy does not learn."""
+
+
+class UniformRandomPolicy:
+    """Every offered action with equal probability: the logging policy with the widest support."""
+
+    name = "uniform"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+
+    def decide(self, context: Mapping[str, float], actions: Sequence[Action], rng: RandomLike | None = None
+               ) -> Decision:
+        if not actions:
+            raise ValueError("no actions to choose from")
+        probs = [1.0 / len(actions)] * len(actions)
+        chosen = min(int((rng or self._rng).random() * len(actions)), len(actions) - 1)
+        return Decision(list(actions), probs, chosen, probs[chosen], self.name)
+
+    def learn(self, context: Mapping[str, float], actions: Sequence[Action], chosen: int, reward: float,
+              propensity: float, latency_ms: float | None = None) -> None:
+        """Uniform random does not learn."""
