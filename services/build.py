@@ -1,0 +1,215 @@
+"""Building indexes and training models from the catalog and the logs (what the CLI runs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from services.catalog import Catalog
+from services.config import Settings
+from services.jsonl_log import read_jsonl_dir
+from services.keys import Keys
+
+log = logging.getLogger("ltrr.build")
+ALL_INDEXES = ("lexical", "dense", "q2e", "xr")
+
+
+@dataclass
+class BuildRow:
+    name: str
+    seconds: float
+    size_mb: float | None
+    items: int
+    note: str = ""
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+def q2e_store(client: redis.Redis):  # type: ignore[no-untyped-def]
+    from retrievers.q2e import RedisQ2EStore
+
+    return RedisQ2EStore(client, prefix=f"{Keys().prefix}:q2e")
+
+
+def build_indexes(settings: Settings, catalog: Catalog, client: redis.Redis | None, *,
+                  only: Iterable[str] = ALL_INDEXES, progress: bool = True) -> list[BuildRow]:
+    docs = catalog.documents()
+    rows: list[BuildRow] = []
+    only = set(only)
+    settings.index_dir.mkdir(parents=True, exist_ok=True)
+    if "lexical" in only:
+        from retrievers.lexical import LexicalConfig, TantivyRetriever
+
+        t = time.perf_counter()
+        lex = TantivyRetriever(LexicalConfig())
+        lex.build(docs, progress=progress)
+        lex.save(settings.index_dir / "lexical")
+        rows.append(BuildRow("lexical (tantivy)", time.perf_counter() - t, dir_size_mb(settings.index_dir / "lexical"),
+                             len(docs)))
+    if "dense" in only:
+        from retrievers.dense import DenseConfig, DenseRetriever
+
+        t = time.perf_counter()
+        dense = DenseRetriever(DenseConfig(cache_dir=str(settings.data_dir / "embeddings")))
+        dense.build(docs, progress=progress)
+        dense.save(settings.index_dir / "dense")
+        rows.append(BuildRow("dense (MiniLM + faiss)", time.perf_counter() - t,
+                             dir_size_mb(settings.index_dir / "dense"), len(docs),
+                             "index: " + ("HNSW" if dense.is_hnsw else "Flat")))
+    if "q2e" in only:
+        if client is None:
+            raise RuntimeError("Q2E lives in Redis: no Redis connection")
+        from retrievers.q2e import Q2ERetriever
+
+        t = time.perf_counter()
+        n = Q2ERetriever(q2e_store(client)).build(docs, progress=progress)
+        used = client.info("memory").get("used_memory", 0) / 2**20
+        rows.append(BuildRow("q2e memory (redis)", time.perf_counter() - t, used, n,
+                             "seeded pairs" if n else "already seeded"))
+    if "xr" in only:
+        rows.append(train_xr(settings, catalog, None, progress=progress))
+    return rows
+
+
+def read_click_pairs(path: Path, catalog: Catalog) -> list[tuple[str, str, float]]:
+    """(query, track_id, weight) from a joined log (JSONL of JoinedRecord) or a TSV
+    query<TAB>track_id[<TAB>weight]. Positive events only; unknown tracks are skipped."""
+    pairs: list[tuple[str, str, float]] = []
+    path = Path(path)
+    weights = {"play": 1.0, "like": 1.5, "add_to_favorites": 1.5, "click": 1.0}
+    if path.suffix == ".jsonl" or path.is_dir():
+        files = sorted(path.glob("joined-*.jsonl")) if path.is_dir() else [path]
+        for f in files:
+            for i, line in enumerate(open(f, encoding="utf-8"), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    for e in rec.get("events", []):
+                        if e["type"] in weights and e["track_id"] in catalog.by_id:
+                            pairs.append((rec["query_norm"], e["track_id"], weights[e["type"]]))
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{f}:{i}: not a joined log record ({exc})") from None
+    else:
+        for i, line in enumerate(open(path, encoding="utf-8"), start=1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2 or (i == 1 and parts[0] == "query"):
+                continue
+            try:
+                w = float(parts[2]) if len(parts) > 2 else 1.0
+            except ValueError:
+                raise ValueError(f"{path}:{i}: weight '{parts[2]}' is not a number") from None
+            if parts[1] in catalog.by_id:
+                pairs.append((parts[0], parts[1], w))
+    return pairs
+
+
+def train_xr(settings: Settings, catalog: Catalog, clicks: Path | None, *, progress: bool = True) -> BuildRow:
+    from retrievers.xr_linear import XRConfig, XRLinearRetriever
+
+    t = time.perf_counter()
+    docs = catalog.documents()
+    xr = XRLinearRetriever(XRConfig())
+    pairs = read_click_pairs(clicks, catalog) if clicks else []
+    if pairs:
+        xr.train(pairs, docs, progress=progress)
+    else:
+        xr.build(docs, progress=progress)
+    out = xr.save(settings.models_dir / "xr")
+    return BuildRow(f"xr-linear {out.name}", time.perf_counter() - t, dir_size_mb(out), len(docs),
+                    f"{len(pairs)} logged pairs" if pairs else "cold start")
+
+
+def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 6000, seed: int = 0,
+                    progress: bool = True) -> list[BuildRow]:
+    """Trains the cold-start ranker and bandit (see services.coldstart) and publishes both."""
+    from ranker import model as ranker_model
+    from services.coldstart import collect, sample_queries, train_bandit
+
+    rows = []
+    t = time.perf_counter()
+    pipe = runtime.pipeline  # type: ignore[attr-defined]
+    queries = sample_queries(runtime.catalog, n_queries, seed=seed)  # type: ignore[attr-defined]
+    data = collect(pipe, queries, seed=seed, progress=progress)
+    rows.append(BuildRow("cold-start queries", time.perf_counter() - t, None, len(queries),
+                         "per-arm median ms " + ", ".join(f"{k} {v:.2f}" for k, v in data.latencies.items())))
+    t = time.perf_counter()
+    n_groups = len(data.group)
+    cut = int(n_groups * 0.85)
+    rows_cut = int(data.group[:cut].sum())
+    valid = ranker_model.RankData(data.x[rows_cut:], data.y[rows_cut:], data.group[cut:])
+    model = ranker_model.train(data.x[:rows_cut], data.y[:rows_cut], data.group[:cut], valid=valid,
+                               registry=pipe.registry)
+    model.meta.update({"source": "cold-start self-supervised", "n_queries": n_groups})
+    path = model.save(settings.models_dir / "ranker")
+    rows.append(BuildRow(f"ranker {path.name}", time.perf_counter() - t, dir_size_mb(path), n_groups,
+                         f"valid ndcg@10 {model.meta.get('valid_ndcg@10', model.meta.get('best_score', '?'))}"))
+    t = time.perf_counter()
+    policy = runtime.bandit_store.fresh()  # type: ignore[attr-defined]
+    train_bandit(policy, data, pipe.actions, seed=seed, progress=progress)
+    version = runtime.bandit_store.publish(policy, "0-0", source="cold-start full information")  # type: ignore[attr-defined]
+    best = max(data.recall_by_action.items(), key=lambda kv: kv[1])
+    rows.append(BuildRow(f"bandit {version}", time.perf_counter() - t, None, len(data.contexts),
+                         f"recall of source track, best action {best[0]} {best[1]:.2f}"))
+    return rows
+
+
+def train_ranker_from_log(settings: Settings, log_path: Path | None, *, min_queries: int = 50) -> BuildRow:
+    """Retrains the ranker from joined logs: the logged feature vectors (what serving computed)
+    with cascade click labels. Records are deduplicated by search_id (the worker may append a
+    record twice if it crashed between writing and checkpointing)."""
+    from ranker import labels as ranker_labels
+    from ranker import model as ranker_model
+    from ranker.features import FeatureRegistry
+
+    t = time.perf_counter()
+    registry = FeatureRegistry(settings.retrievers)
+    records: dict[str, dict] = {}
+    source = Path(log_path) if log_path else settings.logs_dir
+    lines = read_jsonl_dir(source, "joined") if source.is_dir() else (
+        (source, i, line) for i, line in enumerate(open(source, encoding="utf-8"), start=1) if line.strip())
+    for f, i, line in lines:
+        try:
+            rec = json.loads(line)
+            records[rec["search_id"]] = rec
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ValueError(f"{f}:{i}: not a joined log record ({exc})") from None
+    xs, ys, ws, groups = [], [], [], []
+    for rec in records.values():
+        if rec.get("feature_names") != registry.names or not rec.get("features"):
+            continue
+        events = [(e["track_id"], e["type"], e["position"]) for e in rec.get("events", [])]
+        lab = ranker_labels.cascade_labels(rec["served"], events)
+        keep = [i for i, v in enumerate(lab.labels) if v is not None]
+        if not keep or max(lab.labels[i] for i in keep) <= 0:
+            continue
+        feats = np.array([[np.nan if v is None else v for v in rec["features"][i]] for i in keep], dtype=np.float32)
+        xs.append(feats)
+        ys.append(np.array([lab.labels[i] for i in keep]))
+        ws.append(np.array([lab.weights[i] for i in keep]))
+        groups.append(len(keep))
+    if len(groups) < min_queries:
+        raise ValueError(f"only {len(groups)} logged searches with clicks in {source}; need {min_queries}")
+    model = ranker_model.train(np.vstack(xs), np.concatenate(ys), np.array(groups), np.concatenate(ws),
+                               registry=registry)
+    model.meta.update({"source": f"click log {source}", "n_queries": len(groups)})
+    path = model.save(settings.models_dir / "ranker")
+    return BuildRow(f"ranker {path.name}", time.perf_counter() - t, dir_size_mb(path), len(groups), "from clicks")
+
+
+def format_rows(rows: list[BuildRow]) -> str:
+    head = f"{'artifact':<28} {'time':>8} {'size':>10} {'items':>9}  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        size = f"{r.size_mb:.1f} MB" if r.size_mb is not None else "-"
+        lines.append(f"{r.name:<28} {r.seconds:>7.1f}s {size:>10} {r.items:>9}  {r.note}")
+    return "\n".join(lines)

@@ -1,0 +1,22 @@
+"""Prometheus metrics (exposed at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+STAGE_SECONDS = Histogram("ltrr_search_stage_seconds", "search latency per stage", ["stage"], buckets=_BUCKETS)
+RETRIEVER_SECONDS = Histogram("ltrr_retriever_seconds", "latency per retriever", ["retriever"], buckets=_BUCKETS)
+RETRIEVER_FAILURES = Counter("ltrr_retriever_failures_total", "retrievers dropped from a search",
+                             ["retriever", "reason"])
+ARM_CHOICES = Counter("ltrr_bandit_actions_total", "bandit decisions per action", ["action"])
+REWARDS = Counter("ltrr_bandit_reward_total", "sum of rewards the bandit learned from", ["action"])
+REWARDED = Counter("ltrr_bandit_updates_total", "decisions the bandit learned from", ["action"])
+FEEDBACK_EVENTS = Counter("ltrr_feedback_events_total", "feedback events by outcome", ["outcome"])
+WORKER_EVENTS = Counter("ltrr_worker_events_total", "events applied by the worker", ["type"])
+FEEDBACK_LAG = Histogram("ltrr_feedback_lag_seconds", "from 202 (stream id time) to bandit updated",
+                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800))
+ERRORS = Counter("ltrr_errors_total", "handled errors by kind", ["kind"])
+MODEL_VERSION = Gauge("ltrr_model_version_info", "loaded model versions", ["kind", "version"])
+HTTP_REQUESTS = Counter("ltrr_http_requests_total", "HTTP requests", ["route", "status"])

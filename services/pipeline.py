@@ -1,0 +1,316 @@
+"""One search, end to end: context -> bandit action -> chosen retrievers in parallel -> union ->
+LightGBM ranking -> decision record. The only module that knows all the parts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from bandit.actions import Action, enumerate_actions
+from bandit.context import build_context
+from bandit.policy import Decision, FixedPolicy
+from ranker.features import CandidateInput, FeatureRegistry, QueryInput, TrackFeatureCache
+from retrievers.base import Candidate, Retriever
+from retrievers.text import normalize
+from services import metrics
+from services.catalog import Catalog, vocabulary
+from services.config import Settings
+from services.feedback import served_value
+from services.jsonl_log import JsonlWriter
+from services.keys import Keys
+from services.models import ModelHolder
+from services.records import ActionRecord, DecisionRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchOutcome:
+    record: DecisionRecord
+    scores: list[float]
+    found_by: dict[str, list[str]]  # track id -> retriever names
+    timings_ms: dict[str, float]
+    decision: Decision
+    features: np.ndarray | None = None
+    context: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Components:
+    """What a pipeline is assembled from (built by services.runtime from artifacts on disk)."""
+
+    catalog: Catalog
+    retrievers: dict[str, Retriever]
+    policy: ModelHolder  # current bandit policy (hot-reloadable)
+    ranker: ModelHolder  # current LightGBM model, or None -> reciprocal-rank fusion fallback
+    q2e_store: Any | None = None  # retrievers.q2e store: stats() for context, scores for features
+    dense: Any | None = None  # retrievers.dense.DenseRetriever: query vector + cosine for candidates
+
+
+class SearchPipeline:
+    def __init__(self, settings: Settings, parts: Components, client: redis.Redis | None, keys: Keys,
+                 decision_log: JsonlWriter | None):
+        self.s = settings
+        self.p = parts
+        self.redis = client
+        self.keys = keys
+        self.decision_log = decision_log
+        names = [n for n in settings.retrievers if n in parts.retrievers]
+        self.actions: list[Action] = enumerate_actions(names, settings.max_arms, settings.budgets,
+                                                       include_all=settings.include_all_action)
+        self.action_records = [ActionRecord(arms=a.arms, budget=a.budget) for a in self.actions]
+        self.registry = FeatureRegistry(tuple(settings.retrievers))
+        self.track_cache = TrackFeatureCache()
+        self.vocab = vocabulary(parts.catalog)
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="retriever")
+        self.default_policy = FixedPolicy([a for a in settings.default_arms if a in names] or names[:1])
+
+    # ---------------------------------------------------------------------------------------
+    def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
+               locale: str | None = None, device: str | None = None, ts: float | None = None) -> SearchOutcome:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        now = time.time()
+        ts = ts if ts is not None else now
+        qnorm = normalize(query)
+        search_id = uuid.uuid4().hex
+
+        affinity, context = self.context(query, qnorm, user_id=user_id, ts=ts, locale=locale, device=device)
+        timings["context"] = _ms(t0)
+
+        t = time.perf_counter()
+        policy = self.p.policy.current()
+        if self.s.shadow:
+            # Users see the default policy's result; every retriever runs so the bandit can learn
+            # the reward of every subset (full information) without changing what is served.
+            decision = self.default_policy.decide(context, self.actions)
+            run_arms = tuple(self.p.retrievers)
+            budget = max(a.budget for a in self.actions)
+        else:
+            decision = policy.decide(context, self.actions)
+            run_arms, budget = decision.action.arms, decision.action.budget
+        timings["bandit"] = _ms(t)
+        metrics.ARM_CHOICES.labels(action=decision.action.key).inc()
+
+        t = time.perf_counter()
+        results, failed, per_ms = self._retrieve(query, run_arms, budget)
+        timings["retrieve"] = _ms(t)
+        served_arms = decision.action.arms
+        union = _union({a: results[a] for a in served_arms if a in results})
+
+        t = time.perf_counter()
+        ids, feats = self.featurize(qnorm, query, [tid for tid, _ in union], results, affinity, served_arms)
+        scores, order = self.score(feats, ids, results, served_arms)
+        timings["rank"] = _ms(t)
+        top = order[:limit]
+        served = [ids[i] for i in top]
+        arms_of = dict(union)
+        found_by = {tid: sorted(arms_of[tid]) for tid in served}
+
+        feature_rows = feats[top] if feats is not None else None
+        record = DecisionRecord(
+            search_id=search_id, ts=ts, query=query, query_norm=qnorm, user_id=user_id, session_id=session_id,
+            locale=locale, device=device, context=context,
+            policy=(f"shadow({policy_name(policy)})" if self.s.shadow else policy_name(policy)),
+            bandit_version=getattr(policy, "version", None), ranker_version=self.p.ranker.version,
+            actions=self.action_records, probabilities=[float(p) for p in decision.probabilities],
+            chosen=decision.chosen, propensity=float(decision.propensity), shadow=self.s.shadow,
+            candidates={a: [c.track_id for c in results[a]] for a in results}, failed=failed,
+            retriever_ms=per_ms, served=served, feature_names=self.registry.names,
+            features=[[None if math.isnan(v) else round(float(v), 6) for v in row] for row in feature_rows]
+            if feature_rows is not None else [],
+        )
+        t = time.perf_counter()
+        self._log_decision(record, now)
+        timings["log"] = _ms(t)
+        timings["total"] = _ms(t0)
+        for stage, ms in timings.items():
+            metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
+        return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
+                             timings_ms=timings, decision=decision, features=feature_rows, context=context)
+
+    # ---------------------------------------------------------------------------------------
+    def context(self, query: str, qnorm: str, *, user_id: str | None = None, ts: float | None = None,
+                locale: str | None = None, device: str | None = None) -> tuple[dict[str, float] | None, dict]:
+        """(user genre affinity, bandit context features): the same code for serving and training."""
+        affinity, q2e_evidence = self._lookup_state(qnorm, user_id)
+        ctx = build_context(
+            query, tokens=qnorm.split(), vocabulary=self.vocab["all"], artist_words=self.vocab["artist"],
+            title_words=self.vocab["title"], genre_words=self.vocab["genre"], q2e_hit=q2e_evidence is not None,
+            q2e_evidence=q2e_evidence or 0.0, ts=ts, affinity=affinity, locale=locale, device=device)
+        return affinity, ctx
+
+    def _lookup_state(self, qnorm: str, user_id: str | None) -> tuple[dict[str, float] | None, float | None]:
+        """User genre affinity and Q2E evidence for the bandit's context. Redis being down costs
+        these features, never the search."""
+        affinity = None
+        evidence = None
+        try:
+            if user_id and self.redis is not None:
+                raw = self.redis.hgetall(self.keys.user_genres(user_id))
+                affinity = {k.decode(): float(v) for k, v in raw.items()} or None
+            if self.p.q2e_store is not None:
+                stats = self.p.q2e_store.stats(qnorm)
+                evidence = _evidence(stats)
+        except (redis.RedisError, OSError) as exc:
+            metrics.ERRORS.labels(kind="redis_context").inc()
+            log.warning("context lookup failed (%s); searching without user/Q2E context", exc)
+        return affinity, evidence
+
+    def _retrieve(self, query: str, arms: tuple[str, ...], budget: int
+                  ) -> tuple[dict[str, list[Candidate]], list[str], dict[str, float]]:
+        timeout = self.s.retriever_timeout_ms / 1000.0
+        started = {a: time.perf_counter() for a in arms}
+        futures = {self.pool.submit(self._timed, self.p.retrievers[a], query, budget): a
+                   for a in arms if a in self.p.retrievers}
+        # Wait for all: a failing arm drops only itself, a hanging one only costs the timeout.
+        _, not_done = wait(futures, timeout=timeout)
+        results: dict[str, list[Candidate]] = {}
+        failed: list[str] = []
+        per_ms: dict[str, float] = {}
+        for fut, arm in futures.items():
+            if fut in not_done:
+                failed.append(arm)
+                per_ms[arm] = (time.perf_counter() - started[arm]) * 1000
+                metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="timeout").inc()
+                log.warning("retriever %s timed out after %.0f ms; dropped from the union", arm, timeout * 1000)
+                continue
+            exc = fut.exception()
+            if exc is not None:
+                failed.append(arm)
+                metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="error").inc()
+                log.error("retriever %s failed: %r; dropped from the union", arm, exc)
+                continue
+            cands, ms = fut.result()
+            results[arm] = cands
+            per_ms[arm] = ms
+            metrics.RETRIEVER_SECONDS.labels(retriever=arm).observe(ms / 1000.0)
+        return results, failed, per_ms
+
+    @staticmethod
+    def _timed(retriever: Retriever, query: str, k: int) -> tuple[list[Candidate], float]:
+        t = time.perf_counter()
+        out = retriever.retrieve(query, k)
+        return out, (time.perf_counter() - t) * 1000
+
+    def featurize(self, qnorm: str, query: str, union_ids: list[str], results: dict[str, list[Candidate]],
+                  affinity: dict[str, float] | None, served_arms: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+        """Ranker feature rows for the union, in registry order; only served arms' scores count, so
+        training (which calls this too) sees what serving sees. Ids unknown to the catalog are
+        dropped (e.g. a model trained on an older catalog)."""
+        ids = [tid for tid in union_ids[: self.s.rerank_depth] if tid in self.p.catalog.by_id]
+        if not ids:
+            return [], np.zeros((0, self.registry.dim), dtype=np.float32)
+        by_arm: dict[str, dict[str, tuple[float, int]]] = {
+            a: {c.track_id: (c.score, c.rank) for c in cands} for a, cands in results.items() if a in served_arms}
+        dense_cos = self._dense_cosines(query, ids) if "dense" in by_arm else None
+        q2e_scores = self._q2e_scores(qnorm, ids)
+        cands = []
+        for i, tid in enumerate(ids):
+            t = self.p.catalog.by_id[tid]
+            q2e = by_arm.get("q2e", {}).get(tid)
+            cands.append(CandidateInput(
+                track_id=tid, title_norm=normalize(t.title), artist_norm=normalize(t.artist),
+                album_norm=normalize(t.album), genres=t.genres + t.subgenres, popularity=t.popularity / 100.0,
+                year=t.year, retriever_scores={a: sc[tid] for a, sc in by_arm.items() if tid in sc},
+                dense_cos=None if dense_cos is None else float(dense_cos[i]),
+                q2e_score=q2e[0] if q2e else None,
+                q2e_ctr=q2e_scores.get(tid) if q2e_scores else None))
+        return ids, self.registry.featurize(QueryInput(qnorm, affinity or {}), cands, self.track_cache)
+
+    def score(self, x: np.ndarray, ids: list[str], results: dict[str, list[Candidate]],
+              served_arms: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
+        if not ids:
+            return np.zeros(0), []
+        model = self.p.ranker.current()
+        if model is not None:
+            scores = np.asarray(model.predict(x), dtype=float)
+        else:
+            scores = _rrf(ids, results, served_arms, self.p.catalog)
+        order = sorted(range(len(ids)), key=lambda i: -scores[i])
+        return scores, order
+
+    def _dense_cosines(self, query: str, ids: list[str]) -> np.ndarray | None:
+        dense = self.p.dense
+        if dense is None:
+            return None
+        try:
+            return np.asarray(dense.similarity(dense.encode_query(query), ids), dtype=float)
+        except Exception as exc:  # a feature, not the search: degrade to NaN
+            log.warning("dense cosine features failed: %r", exc)
+            return None
+
+    def _q2e_scores(self, qnorm: str, ids: list[str]) -> dict[str, float] | None:
+        store = self.p.q2e_store
+        if store is None:
+            return None
+        try:
+            return store.scores(qnorm, ids)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("q2e feature lookup failed: %r", exc)
+            return None
+
+    def _log_decision(self, record: DecisionRecord, now: float) -> None:
+        body = record.model_dump_json()
+        if self.decision_log is not None:
+            self.decision_log.write(body)
+        if self.redis is None:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            ttl = int(self.s.decision_ttl_s)
+            pipe.set(self.keys.decision(record.search_id), body, ex=ttl)
+            pipe.set(self.keys.served(record.search_id), served_value(record.ts, record.served), ex=ttl)
+            pipe.zadd(self.keys.pending, {record.search_id: now + self.s.reward.join_window_s})
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            # The search still answers; its feedback will be refused as unknown, which is honest.
+            metrics.ERRORS.labels(kind="redis_decision").inc()
+            log.warning("could not store decision %s in redis: %s", record.search_id, exc)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def policy_name(policy: Any) -> str:
+    return str(getattr(policy, "name", type(policy).__name__))
+
+
+def _evidence(stats: Any) -> float | None:
+    """None when the memory has never seen the query, else its (decayed) feedback evidence."""
+    if stats is None or not getattr(stats, "hit", False):
+        return None
+    return float(stats.evidence)
+
+
+def _union(results: Mapping[str, list[Candidate]]) -> list[tuple[str, set[str]]]:
+    """Candidates of every served arm, interleaved by rank so truncation keeps each arm's best."""
+    seen: dict[str, set[str]] = {}
+    lists = list(results.items())
+    depth = max((len(c) for _, c in lists), default=0)
+    for r in range(depth):
+        for arm, cands in lists:
+            if r < len(cands):
+                seen.setdefault(cands[r].track_id, set()).add(arm)
+    return list(seen.items())
+
+
+def _rrf(ids: list[str], results: Mapping[str, list[Candidate]], arms: tuple[str, ...], catalog: Catalog,
+         k: float = 60.0) -> np.ndarray:
+    """Reciprocal-rank fusion: the ranking used only while no LightGBM model exists yet."""
+    ranks = {a: {c.track_id: c.rank for c in results[a]} for a in arms if a in results}
+    return np.array([sum(1.0 / (k + r[tid]) for r in ranks.values() if tid in r)
+                     + 1e-4 * catalog.by_id[tid].popularity / 100.0 for tid in ids])
+
+
+def _ms(t: float) -> float:
+    return (time.perf_counter() - t) * 1000.0
