@@ -222,6 +222,9 @@ def dense_index_body(settings: OpenSearchSettings) -> dict[str, Any]:
         },
         "mappings": {
             "dynamic": "strict",
+            # The vector as JSON is ~4 KB per track, more than the graph and the raw floats
+            # together; nothing reads it back (rebuilds start from the catalog), so keep it out.
+            "_source": {"excludes": ["embedding"]},
             "properties": {
                 "track_id": {"type": "keyword"},
                 "popularity": {"type": "float"},

@@ -227,7 +227,7 @@ def test_dense_mapping_body(cluster: Cluster) -> None:
     assert create.json() == {
         "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1",
                                "knn": True, "knn.algo_param.ef_search": 100}},
-        "mappings": {"dynamic": "strict", "properties": {
+        "mappings": {"dynamic": "strict", "_source": {"excludes": ["embedding"]}, "properties": {
             "track_id": {"type": "keyword"}, "popularity": {"type": "float"},
             "embedding": {"type": "knn_vector", "dimension": 384, "method": {
                 "name": "hnsw", "space_type": "innerproduct", "engine": "faiss",
