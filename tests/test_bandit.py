@@ -1,0 +1,326 @@
+"""The retriever-selection bandit: valid distributions, exploration floors, learning a context ->
+retriever mapping (on-policy, off-policy from uniform logs, and full-information shadow mode),
+serialization, baselines and checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from bandit.actions import Action, action_features, enumerate_actions, render_action
+from bandit.arm_stats import ArmStats
+from bandit.checkpoint import CheckpointError, list_versions, load_checkpoint, load_latest, save_checkpoint
+from bandit.context import CONTEXT_FEATURES, build_context, render_shared
+from bandit.policy import CostModel, FixedPolicy, UniformRandomPolicy, VWConfig, VWPolicy
+from bandit.shadow import subset_latencies, subset_rewards
+
+RETRIEVERS = ("lexical", "dense", "xr", "q2e")
+VOCAB = {f"w{i}" for i in range(200)}
+# Type 0 = typo-heavy queries, where only "lexical" (fuzzy) finds the item; type 1 = clean topic
+# queries, where only "dense" does.
+RIGHT = {0: "lexical", 1: "dense"}
+LAMBDA = 0.2
+
+
+def _query(kind: int, r: random.Random) -> str:
+    n = r.randint(1, 5)
+    words = [f"w{r.randrange(200)}" for _ in range(n)]
+    if kind == 0:
+        # Most tokens misspelled: missing from the vocabulary.
+        words = [w + "x" if r.random() < 0.85 else w for w in words]
+        if all(w in VOCAB for w in words):
+            words[0] += "x"
+    return " ".join(words)
+
+
+def _context(kind: int, r: random.Random) -> dict[str, float]:
+    return build_context(_query(kind, r), vocabulary=VOCAB, ts=1.7e9 + r.randrange(7 * 86400),
+                         locale=r.choice(["de", "en"]), device=r.choice(["ios", "web"]))
+
+
+def _rewards(kind: int, actions: list[Action]) -> list[float]:
+    return [1.0 if RIGHT[kind] in a.arms else 0.0 for a in actions]
+
+
+def _prob_of_right_single(policy: VWPolicy, actions: list[Action], r: random.Random) -> dict[int, float]:
+    """The smallest probability, over fresh queries of each type, of the right single-arm action."""
+    out = {}
+    for kind in (0, 1):
+        target = [a.arms for a in actions].index((RIGHT[kind],))
+        out[kind] = min(policy.probabilities(_context(kind, r), actions)[target] for _ in range(30))
+    return out
+
+
+@pytest.fixture()
+def actions() -> list[Action]:
+    return enumerate_actions(RETRIEVERS, max_arms=2)
+
+
+def test_enumerate_actions() -> None:
+    acts = enumerate_actions(RETRIEVERS, max_arms=2, budgets=(50, 100))
+    assert len(acts) == (4 + 6 + 1) * 2
+    assert len({a.key for a in acts}) == len(acts)
+    assert Action(("lexical", "dense", "xr", "q2e"), 50) in acts
+    assert enumerate_actions(RETRIEVERS, max_arms=2, include_all=False)[-1].arms == ("xr", "q2e")
+    # max_arms covering everything must not duplicate the "all" action.
+    assert len(enumerate_actions(("a", "b"), max_arms=2)) == 3
+    assert Action(("lexical", "dense"), 100).key == "lexical+dense@100"
+    assert Action.from_record({"arms": ["dense"], "budget": 20}) == Action(("dense",), 20)
+    with pytest.raises(ValueError):
+        Action((), 100)
+    with pytest.raises(ValueError):
+        Action(("a",), 0)
+
+
+def test_context_features() -> None:
+    ctx = build_context("Tayler Swfit 1989 café", vocabulary={"swift", "1989", "cafe"}, artist_words={"tayler"},
+                        genre_words={"pop"}, q2e_hit=True, q2e_evidence=9, ts=0.0,
+                        affinity={"pop": 1.0, "rock": 1.0}, locale="de-DE", device=None)
+    assert list(ctx)[: len(CONTEXT_FEATURES)] == list(CONTEXT_FEATURES)
+    assert ctx["q_tokens"] == 4
+    assert ctx["oov_share"] == pytest.approx(0.75)  # tayler, swfit, café are not in the vocabulary
+    assert ctx["artist_share"] == 0.25 and ctx["has_artist"] == 1.0 and ctx["genre_share"] == 0.0
+    assert ctx["digit_share"] == pytest.approx(4 / 22) and ctx["non_ascii_share"] == pytest.approx(1 / 22)
+    assert ctx["q2e_hit"] == 1.0 and ctx["q2e_log_evidence"] == pytest.approx(math.log(10))
+    # ts=0 is Thursday 00:00 UTC.
+    assert ctx["hour_sin"] == pytest.approx(0.0) and ctx["hour_cos"] == pytest.approx(1.0)
+    assert ctx["wday_sin"] == pytest.approx(math.sin(2 * math.pi * 3 / 7))
+    assert ctx["affinity_entropy"] == pytest.approx(1.0) and ctx["affinity_top"] == 0.5
+    assert ctx["locale=de-de"] == 1.0 and ctx["device=unknown"] == 1.0
+    line = render_shared(ctx)
+    assert line.startswith("shared |s ") and "oov_share#3" in line and "|" not in line[len("shared |s"):]
+    # No vocabulary: the typo signal is unknown, not "everything misspelled".
+    assert build_context("abc")["oov_share"] == 0.0
+
+
+def test_action_features_use_arm_stats_from_context() -> None:
+    stats = ArmStats(prior_latency_ms=5.0)
+    stats.observe_latency("dense", 20.0)
+    stats.observe_reward("dense", 1.0)
+    ctx = {"q_tokens": 2.0, **stats.as_context(RETRIEVERS)}
+    feats = action_features(Action(("lexical", "dense"), 100), ctx, reference_ms=10.0)
+    assert feats["arm=lexical"] == feats["arm=dense"] == 1.0 and feats["n_arms"] == 2.0
+    assert feats["ms=dense"] == 2.0 and feats["lat_total"] == pytest.approx(2.5) and feats["rate=dense"] == 1.0
+    assert "arm_ms=" not in render_shared(ctx)  # arm stats go to the action lines only
+    assert render_action(feats, "0:-1:0.5").startswith("0:-1:0.5 |a arm=lexical")
+
+
+def test_arm_stats_ewma_and_roundtrip() -> None:
+    stats = ArmStats(alpha=0.1)
+    stats.observe_reward("a", 1.0)
+    assert stats.reward_rate("a") == 1.0  # first observation is taken as is, not blended with the prior
+    for _ in range(200):
+        stats.observe_reward("a", 0.0)
+    assert stats.reward_rate("a") < 0.01
+    stats.observe_latency("a", 3.0)
+    back = ArmStats.from_json(stats.to_json())
+    assert back.reward_rate("a") == stats.reward_rate("a") and back.latency_ms("a") == 3.0
+    assert back.reward_rate("unseen") == back.prior_reward
+    with pytest.raises(ValueError):
+        stats.observe_latency("a", float("nan"))
+
+
+@pytest.mark.parametrize("exploration", ["epsilon", "squarecb"])
+def test_probabilities_are_a_distribution(exploration: str, actions: list[Action]) -> None:
+    policy = VWPolicy(VWConfig(exploration=exploration, epsilon=0.1))
+    r = random.Random(0)
+    for step in range(300):
+        kind = step % 2
+        ctx = _context(kind, r)
+        d = policy.decide(ctx, actions)
+        assert len(d.probabilities) == len(actions)
+        assert all(p >= 0 for p in d.probabilities)
+        assert sum(d.probabilities) == pytest.approx(1.0, abs=1e-9)
+        assert d.propensity == d.probabilities[d.chosen]
+        assert d.action == actions[d.chosen] and d.policy == "vw"
+        policy.learn(ctx, actions, d.chosen, _rewards(kind, actions)[d.chosen], d.propensity)
+
+
+def test_epsilon_floor(actions: list[Action]) -> None:
+    eps = 0.2
+    policy = VWPolicy(VWConfig(exploration="epsilon", epsilon=eps))
+    r = random.Random(1)
+    for step in range(500):
+        kind = step % 2
+        ctx = _context(kind, r)
+        d = policy.decide(ctx, actions)
+        assert min(d.probabilities) >= eps / len(actions) - 1e-6
+        policy.learn(ctx, actions, d.chosen, _rewards(kind, actions)[d.chosen], d.propensity, latency_ms=3.0)
+
+
+def test_seeded_sampling_is_reproducible(actions: list[Action]) -> None:
+    ctx = _context(0, random.Random(2))
+    # A caller-supplied RNG and the policy's own seeded RNG both replay the same choices.
+    rng1, rng2 = random.Random(3), random.Random(3)
+    p1, p2 = VWPolicy(), VWPolicy()
+    assert [p1.decide(ctx, actions, rng1).chosen for _ in range(50)] == [p2.decide(ctx, actions, rng2).chosen
+                                                                          for _ in range(50)]
+    s1, s2 = VWPolicy(VWConfig(seed=7)), VWPolicy(VWConfig(seed=7))
+    chosen = [s1.decide(ctx, actions).chosen for _ in range(50)]
+    assert chosen == [s2.decide(ctx, actions).chosen for _ in range(50)] and len(set(chosen)) > 1
+
+
+def _simulate_on_policy(policy: VWPolicy, actions: list[Action], rounds: int, seed: int) -> None:
+    r = random.Random(seed)
+    for _ in range(rounds):
+        kind = r.randrange(2)
+        ctx = _context(kind, r)
+        d = policy.decide(ctx, actions)
+        policy.learn(ctx, actions, d.chosen, _rewards(kind, actions)[d.chosen], d.propensity)
+
+
+@pytest.mark.parametrize("exploration", ["epsilon", "squarecb"])
+def test_learns_right_retriever_per_query_type(exploration: str, actions: list[Action]) -> None:
+    policy = VWPolicy(VWConfig(exploration=exploration, epsilon=0.05, cost=CostModel(latency_lambda=LAMBDA)))
+    _simulate_on_policy(policy, actions, 2000, seed=11)
+    probs = _prob_of_right_single(policy, actions, random.Random(99))
+    assert probs[0] > 0.8 and probs[1] > 0.8, probs
+
+
+def test_learns_off_policy_from_uniform_logs(actions: list[Action]) -> None:
+    """Logged by another policy (uniform random): VW must weight by the logged propensity."""
+    logger = UniformRandomPolicy(seed=5)
+    policy = VWPolicy(VWConfig(cost=CostModel(latency_lambda=LAMBDA)))
+    r = random.Random(5)
+    for _ in range(1500):
+        kind = r.randrange(2)
+        ctx = _context(kind, r)
+        d = logger.decide(ctx, actions)
+        assert d.propensity == pytest.approx(1 / len(actions))
+        policy.learn(ctx, actions, d.chosen, _rewards(kind, actions)[d.chosen], d.propensity)
+    probs = _prob_of_right_single(policy, actions, random.Random(98))
+    assert probs[0] > 0.8 and probs[1] > 0.8, probs
+
+
+@pytest.mark.parametrize("full_info_probability", [1.0, None])
+def test_full_information_shadow_learning(full_info_probability: float | None, actions: list[Action]) -> None:
+    policy = VWPolicy(VWConfig(cost=CostModel(latency_lambda=LAMBDA), full_info_probability=full_info_probability))
+    r = random.Random(21)
+    for _ in range(300):
+        kind = r.randrange(2)
+        ctx = _context(kind, r)
+        # What the worker sees in shadow mode: every arm's candidates and the item the user acted on.
+        found_by = RIGHT[kind]
+        candidates = {arm: (["hit"] if arm == found_by else []) + [f"{arm}-{i}" for i in range(5)]
+                      for arm in RETRIEVERS}
+        rewards = subset_rewards(actions, candidates, acted={"hit"})
+        assert rewards == _rewards(kind, actions)
+        policy.learn_full_information(ctx, actions, rewards, subset_latencies(actions, dict.fromkeys(RETRIEVERS, 2.0)))
+    probs = _prob_of_right_single(policy, actions, random.Random(97))
+    assert probs[0] > 0.8 and probs[1] > 0.8, probs
+
+
+def test_subset_rewards_respect_budget_and_failures() -> None:
+    acts = [Action(("a",), 2), Action(("a",), 3), Action(("b",), 3), Action(("a", "b"), 3)]
+    cands = {"a": ["x", "y", "hit"]}  # "b" failed: no candidates
+    assert subset_rewards(acts, cands, {"hit"}) == [0.0, 1.0, 0.0, 1.0]
+    assert subset_rewards(acts, cands, set()) == [0.0, 0.0, 0.0, 0.0]
+    assert subset_latencies(acts, {"a": 1.0}) == [1.0, 1.0, None, None]
+
+
+def test_latency_cost_modes() -> None:
+    act = Action(("a", "b"), 100)
+    assert CostModel(0.1).cost(1.0, act) == pytest.approx(-0.8)
+    ms = CostModel(0.5, latency_mode="ms", reference_ms=10.0)
+    assert ms.cost(0.0, act, latency_ms=20.0) == pytest.approx(1.0)
+    assert ms.cost(0.0, act, context={"arm_ms=a": 5.0, "arm_ms=b": 5.0}) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        ms.cost(0.0, act)
+
+
+def test_learn_rejects_bad_input(actions: list[Action]) -> None:
+    policy = VWPolicy()
+    ctx = _context(0, random.Random(0))
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            policy.learn(ctx, actions, 0, 1.0, bad)
+    with pytest.raises(IndexError):
+        policy.learn(ctx, actions, len(actions), 1.0, 0.5)
+    with pytest.raises(ValueError):
+        policy.learn(ctx, actions, 0, float("nan"), 0.5)
+    with pytest.raises(ValueError):
+        policy.decide(ctx, [])
+    assert policy.n_learned == 0
+
+
+def test_serialize_restore_identical(actions: list[Action]) -> None:
+    config = VWConfig(exploration="squarecb", cost=CostModel(latency_lambda=LAMBDA))
+    policy = VWPolicy(config)
+    _simulate_on_policy(policy, actions, 300, seed=3)
+    restored = VWPolicy.from_bytes(policy.serialize(), config)
+    r = random.Random(4)
+    for _ in range(50):
+        ctx = _context(r.randrange(2), r)
+        assert restored.probabilities(ctx, actions) == policy.probabilities(ctx, actions)
+    with pytest.raises(ValueError, match="not a loadable VW model"):
+        VWPolicy.from_bytes(b"not a model" * 10, config)
+
+
+def test_fixed_and_uniform_baselines(actions: list[Action]) -> None:
+    ctx = _context(1, random.Random(0))
+    fixed = FixedPolicy(["dense", "lexical"])  # order-insensitive
+    d = fixed.decide(ctx, actions)
+    assert actions[d.chosen].arms == ("lexical", "dense") and d.propensity == 1.0
+    assert sum(d.probabilities) == 1.0 and d.probabilities.count(0.0) == len(actions) - 1
+    assert fixed.name == "fixed:dense+lexical"
+    everything = FixedPolicy(None).decide(ctx, actions)
+    assert everything.action.arms == RETRIEVERS and FixedPolicy(None).name == "fixed:all"
+    assert FixedPolicy(list(RETRIEVERS)).decide(ctx, actions).chosen == everything.chosen
+    with pytest.raises(ValueError):
+        FixedPolicy(["nope"]).decide(ctx, actions)
+    uniform = UniformRandomPolicy(seed=1)
+    counts = [0] * len(actions)
+    for _ in range(2200):
+        d = uniform.decide(ctx, actions)
+        assert d.probabilities == [1 / len(actions)] * len(actions) and d.propensity == 1 / len(actions)
+        counts[d.chosen] += 1
+    assert min(counts) > 120  # ~200 expected each
+
+
+def test_checkpoints_versioned_and_verified(tmp_path: Path, actions: list[Action]) -> None:
+    config = VWConfig(cost=CostModel(latency_lambda=LAMBDA))
+    policy = VWPolicy(config)
+    _simulate_on_policy(policy, actions, 100, seed=8)
+    stats = ArmStats()
+    stats.observe_latency("dense", 12.0)
+    with pytest.raises(CheckpointError, match="no bandit checkpoint"):
+        load_latest(tmp_path)
+    assert save_checkpoint(tmp_path, policy, stats) == "v0001"
+    _simulate_on_policy(policy, actions, 100, seed=9)
+    assert save_checkpoint(tmp_path, policy) == "v0002" and policy.version == "v0002"
+    assert list_versions(tmp_path) == [1, 2]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    loaded, loaded_stats, meta = load_latest(tmp_path)
+    assert loaded.version == "v0002" and meta["n_learned"] == 200 and loaded_stats is None
+    assert loaded.config == config
+    ctx = _context(0, random.Random(1))
+    assert loaded.probabilities(ctx, actions) == policy.probabilities(ctx, actions)
+    v1, v1_stats, _ = load_checkpoint(tmp_path, "v0001")
+    assert v1.version == "v0001"
+    assert v1_stats is not None and v1_stats.latency_ms("dense") == 12.0
+
+    # Corrupt the newest model: loading must fail loudly, naming the file, not serve garbage.
+    model = tmp_path / "bandit-v0002.vw"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"bandit-v0002\.vw is corrupt"):
+        load_latest(tmp_path)
+    # Truncated model whose meta was rewritten to match: VW itself must reject it.
+    model.write_bytes(bytes(data[:40]))
+    meta_path = tmp_path / "bandit-v0002.json"
+    m = json.loads(meta_path.read_text())
+    m["sha256"] = hashlib.sha256(bytes(data[:40])).hexdigest()
+    meta_path.write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        load_latest(tmp_path)
+    meta_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_latest(tmp_path)
+    # The next save still gets a fresh version number.
+    assert save_checkpoint(tmp_path, policy) == "v0003"
