@@ -17,6 +17,7 @@ normalised per-round terms, which understates SNIPS/replay variance).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,14 +68,15 @@ def bootstrap_ratio_interval(num: np.ndarray, den: np.ndarray | None, *, alpha: 
 
 
 @dataclass
-class BaseOffPolicyEstimator:
+class BaseOffPolicyEstimator(ABC):
     """Shared plumbing: subclasses say how each round contributes to the numerator/denominator."""
 
     estimator_name: str = "base"
 
+    @abstractmethod
     def _round_terms(self, reward: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray, action: np.ndarray,
                      estimated_rewards: np.ndarray | None) -> Terms:
-        raise NotImplementedError
+        """Per-round (numerator, denominator) of the estimator's ratio."""
 
     def _terms(self, reward: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray, action: np.ndarray,
                estimated_rewards: np.ndarray | None) -> Terms:
