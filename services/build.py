@@ -46,6 +46,9 @@ def build_indexes(settings: Settings, catalog: Catalog, client: redis.Redis | No
     rows: list[BuildRow] = []
     only = set(only)
     settings.index_dir.mkdir(parents=True, exist_ok=True)
+    if settings.backend == "opensearch":
+        rows += build_opensearch(settings, docs, only, progress=progress)
+        only -= {"lexical", "dense"}
     if "lexical" in only:
         from retrievers.lexical import LexicalConfig, TantivyRetriever
 
@@ -77,6 +80,41 @@ def build_indexes(settings: Settings, catalog: Catalog, client: redis.Redis | No
                              "seeded pairs" if n else "already seeded"))
     if "xr" in only:
         rows.append(train_xr(settings, catalog, None, progress=progress))
+    return rows
+
+
+def opensearch_encoder():  # type: ignore[no-untyped-def]
+    """The embedded dense model's encoder, used to index and to query OpenSearch k-NN, so both
+    backends embed text identically (retrievers.dense.document_text)."""
+    from retrievers.encoder import TorchEncoder
+
+    enc = TorchEncoder()
+    return lambda texts: enc.encode(list(texts))
+
+
+def build_opensearch(settings: Settings, docs: list, only: set[str], *, progress: bool) -> list[BuildRow]:
+    from retrievers.dense import DenseConfig, document_text
+    from retrievers.opensearch_common import OpenSearchSettings
+    from retrievers.opensearch_dense import OpenSearchDenseRetriever
+    from retrievers.opensearch_lexical import OpenSearchLexicalRetriever
+
+    os_settings = OpenSearchSettings.from_env()
+    rows = []
+    target = settings.index_dir / "opensearch"
+    if "lexical" in only:
+        t = time.perf_counter()
+        lex = OpenSearchLexicalRetriever(os_settings)
+        lex.build(docs, progress=progress)
+        lex.save(target)
+        rows.append(BuildRow(f"lexical (opensearch {lex.index_name})", time.perf_counter() - t, None, len(docs)))
+    if "dense" in only:
+        t = time.perf_counter()
+        cfg = DenseConfig()
+        dense = OpenSearchDenseRetriever(os_settings, encode=opensearch_encoder(), model_name=cfg.model_id,
+                                         text_of=lambda d: document_text(d, cfg))
+        dense.build(docs, progress=progress)
+        dense.save(target)
+        rows.append(BuildRow(f"dense (opensearch {dense.index_name})", time.perf_counter() - t, None, len(docs)))
     return rows
 
 

@@ -33,6 +33,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["host"] = args.host
     if getattr(args, "port", None):
         overrides["port"] = args.port
+    if getattr(args, "backend", None):
+        overrides["backend"] = args.backend
     s = Settings.from_env(**overrides)
     if not Path(s.catalog).exists():
         raise CliError(f"catalog not found: {s.catalog}")
@@ -271,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(b)
     b.add_argument("--only", help="comma list of lexical,dense,q2e,xr")
     b.add_argument("--skip-bad-rows", action="store_true", help="log and skip invalid catalog rows")
+    b.add_argument("--backend", choices=["embedded", "opensearch"],
+                   help="where lexical/dense indexes live (default LTRR_BACKEND or embedded)")
     b.set_defaults(func=cmd_index_build)
 
     tr = sub.add_parser("train", help="train models")

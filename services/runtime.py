@@ -153,6 +153,21 @@ def load_retrievers(settings: Settings, client: redis.Redis | None) -> tuple[dic
     dense = q2e_store = None
     idx = settings.index_dir
     wanted = set(settings.retrievers)
+    if settings.backend == "opensearch":
+        # Lexical and dense live in the cluster; dense cosine features need local vectors, so the
+        # ranker sees them as missing (cold-start training on this backend sees the same).
+        from retrievers.dense import DenseConfig
+        from retrievers.opensearch_dense import OpenSearchDenseRetriever
+        from retrievers.opensearch_lexical import OpenSearchLexicalRetriever
+        from services.build import opensearch_encoder
+
+        target = idx / "opensearch"
+        if "lexical" in wanted and (target / "opensearch_lexical.json").exists():
+            out["lexical"] = OpenSearchLexicalRetriever.load(target)
+        if "dense" in wanted and (target / "opensearch_dense.json").exists():
+            out["dense"] = OpenSearchDenseRetriever.load(target, encode=opensearch_encoder(),
+                                                         model_name=DenseConfig().model_id)
+        wanted -= {"lexical", "dense"}
     if "lexical" in wanted and (idx / "lexical").exists():
         out["lexical"] = TantivyRetriever.load(idx / "lexical")
     if "dense" in wanted and (idx / "dense").exists():
