@@ -68,6 +68,11 @@ def ids(cands) -> list[str]:
     return [c.track_id for c in cands]
 
 
+def same(a, b) -> bool:
+    """Same ranking and scores up to the decay of the seconds between the two lookups."""
+    return ids(a) == ids(b) and [c.score for c in a] == pytest.approx([c.score for c in b], rel=1e-5)
+
+
 # --- cold start ---------------------------------------------------------------------------
 
 
@@ -292,7 +297,7 @@ def test_memory_and_redis_stores_agree(redis_client: redis.Redis) -> None:
     for q in [*queries, "road night", "missing"]:
         a, b = mem.lookup(q, 20, now=now), red.lookup(q, 20, now=now)
         assert [x[0] for x in a] == [x[0] for x in b], q
-        assert [x[1] for x in a] == pytest.approx([x[1] for x in b], rel=1e-9)
+        assert [x[1] for x in a] == pytest.approx([x[1] for x in b], rel=1e-7)
         sa, sb = mem.stats(q, now=now), red.stats(q, now=now)
         assert (sa.hit, sa.query, sa.tracks, sa.tracks_with_evidence, sa.events, sa.impressions) == \
                (sb.hit, sb.query, sb.tracks, sb.tracks_with_evidence, sb.events, sb.impressions)
@@ -320,7 +325,7 @@ def test_memory_retriever_save_load(tmp_path: Path) -> None:
     back = Q2ERetriever.load(tmp_path / "q2e")
     assert back.config == r.config and back.store.seed_version() == "v1"
     for q in ["blinding lights the weeknd", "gym hype 2019"]:
-        assert back.retrieve(q, 5) == r.retrieve(q, 5)
+        assert same(back.retrieve(q, 5), r.retrieve(q, 5))
     # Seen event ids are not part of a memory snapshot: the in-memory store is not the durable one.
     assert back.apply_events([Q2EEvent("m1", "gym hype 2019", "bl", "click", time.time())]) == 1
 
@@ -348,7 +353,7 @@ def test_redis_q2e_survives_redis_restart(tmp_path: Path, documents) -> None:
         client = redis.Redis.from_url(server.url)
         back = Q2ERetriever.load(tmp_path / "manifest", client=client)
         after = back.retrieve("gym hype 2019", 5), back.stats("gym hype 2019"), back.retrieve("blinding lights", 5)
-        assert after[0] == before[0] and after[2] == before[2]
+        assert same(after[0], before[0]) and same(after[2], before[2])
         assert after[1].events == 3 and after[1].impressions == 1
         assert back.build(documents[:500]) == 0  # seeding version survived: no reseed after restart
         # Idempotency markers survived too: a redelivery after the restart is still a duplicate.
