@@ -1,0 +1,156 @@
+"""Click-log labels for the ranker: cascade-model relevance plus optional position debiasing.
+
+Input is the worker's joined log as plain dicts (`JoinedRecord.model_dump()`): `served` (track ids,
+position 1 = served[0]), `feature_names`, `features` (one row per served item, None for NaN) and
+`events` (dicts or objects with track_id, type, position).
+
+Labels (cascade model: the user scans top-down and stops after the last item they acted on):
+- graded gain from the strongest action on the item: play 3 > like / add_to_favorites 2 > click 1;
+- skip = 0, and a skip also cancels a bare click (clicked, then skipped = not wanted), but not a
+  play or like, which are stronger evidence than the skip;
+- shown above the last interacted position (click, play, like, fav or skip) and not acted on = 0;
+- below the last interacted position = ignored (None): the user probably never looked there;
+- a search with no events at all carries no label information and is ignored entirely.
+
+Position debiasing (inverse propensity weighting, position-based model): P(examined | position k)
+= 1 / k**eta. LightGBM's lambdarank multiplies each row's gradient and hessian by its weight, so a
+positive at position k gets weight k**eta (clipped), making a click deep in the list count as much
+as the many clicks it stands for; negatives keep weight 1. This reweights the positive side of each
+pair only (per-row, not per-pair, weights are what LightGBM offers), the usual IPW-LambdaMART
+approximation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ranker.model import RankData
+
+DEFAULT_GAINS: dict[str, int] = {"play": 3, "like": 2, "add_to_favorites": 2, "click": 1, "skip": 0}
+
+
+def _event_fields(e: object) -> tuple[str, str, int | None]:
+    if isinstance(e, Mapping):
+        return str(e["track_id"]), str(e["type"]), e.get("position")
+    if isinstance(e, tuple | list):
+        return str(e[0]), str(e[1]), (e[2] if len(e) > 2 else None)
+    return str(e.track_id), str(e.type), getattr(e, "position", None)  # type: ignore[attr-defined]
+
+
+def cascade_labels(served: Sequence[str], events: Iterable[object],
+                   gains: Mapping[str, int] = DEFAULT_GAINS) -> list[int | None]:
+    """One label per served position: graded gain, 0, or None (ignored). Events are dicts, objects or
+    (track_id, type, position) tuples; an event is placed by its track_id in `served`, and events
+    for tracks that were not served are dropped (they cannot be attributed to this ranking)."""
+    where = {tid: i for i, tid in reversed(list(enumerate(served)))}  # first occurrence wins
+    best: dict[int, int] = {}
+    skipped: set[int] = set()
+    last = -1
+    for e in events:
+        tid, etype, _ = _event_fields(e)
+        i = where.get(tid)
+        if i is None or etype not in gains:
+            continue
+        last = max(last, i)
+        if etype == "skip":
+            skipped.add(i)
+        else:
+            best[i] = max(best.get(i, 0), int(gains[etype]))
+    if last < 0:
+        return [None] * len(served)
+    click_gain = int(gains.get("click", 1))
+    labels: list[int | None] = []
+    for i in range(len(served)):
+        if i > last:
+            labels.append(None)
+            continue
+        g = best.get(i, 0)
+        if i in skipped and g <= click_gain:
+            g = 0
+        labels.append(g)
+    return labels
+
+
+def propensity(position: int, eta: float = 1.0) -> float:
+    """Examination probability at a 1-based position under the position-based model."""
+    return 1.0 / position**eta
+
+
+@dataclass
+class LabelStats:
+    records: int = 0
+    groups: int = 0
+    rows: int = 0
+    skipped_no_events: int = 0
+    skipped_no_positive: int = 0
+    skipped_feature_mismatch: int = 0
+    skipped_malformed: int = 0
+    label_counts: dict[int, int] = field(default_factory=dict)
+
+
+def build_training_set(records: Iterable[Mapping[str, object]], feature_names: Sequence[str], *,
+                       gains: Mapping[str, int] = DEFAULT_GAINS, eta: float | None = None,
+                       max_weight: float = 20.0) -> tuple[RankData, LabelStats]:
+    """Turns joined log records into LambdaMART training data.
+
+    Records logged with other feature names (an older registry) are skipped and counted, never
+    re-mapped: the logged vectors are the only copy of what serving saw. Groups without a positive
+    label are dropped (lambdarank gets no gradient from them). `eta=None` = no debiasing (weights
+    None); otherwise positives get min(k**eta, max_weight) as per-row weight.
+    """
+    names = list(feature_names)
+    d = len(names)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    ws: list[np.ndarray] = []
+    group: list[int] = []
+    st = LabelStats()
+    for rec in records:
+        st.records += 1
+        if list(rec.get("feature_names") or []) != names:
+            st.skipped_feature_mismatch += 1
+            continue
+        served = list(rec.get("served") or [])
+        feats = rec.get("features") or []
+        if not served or len(feats) != len(served):  # type: ignore[arg-type]
+            st.skipped_malformed += 1
+            continue
+        events = list(rec.get("events") or [])  # type: ignore[call-overload]
+        if not events:
+            st.skipped_no_events += 1
+            continue
+        labels = cascade_labels(served, events, gains)
+        keep = [i for i, lab in enumerate(labels) if lab is not None]
+        y = np.array([labels[i] for i in keep], dtype=np.int32)
+        if y.size == 0 or y.max() <= 0:
+            st.skipped_no_positive += 1
+            continue
+        try:
+            x = np.array([[math.nan if v is None else v for v in feats[i]] for i in keep], dtype=np.float32)  # type: ignore[index]
+        except (TypeError, ValueError):
+            st.skipped_malformed += 1
+            continue
+        if x.shape != (len(keep), d):
+            st.skipped_malformed += 1
+            continue
+        xs.append(x)
+        ys.append(y)
+        group.append(len(keep))
+        if eta is not None:
+            pos = np.array(keep, dtype=np.float64) + 1.0
+            ws.append(np.where(y > 0, np.minimum(pos**eta, max_weight), 1.0).astype(np.float32))
+        for lab in y.tolist():
+            st.label_counts[lab] = st.label_counts.get(lab, 0) + 1
+    st.groups = len(group)
+    st.rows = int(sum(group))
+    data = RankData(
+        X=np.concatenate(xs) if xs else np.zeros((0, d), dtype=np.float32),
+        y=np.concatenate(ys) if ys else np.zeros(0, dtype=np.int32),
+        group=np.array(group, dtype=np.int64),
+        weights=(np.concatenate(ws) if ws else np.zeros(0, dtype=np.float32)) if eta is not None else None,
+    )
+    return data, st
