@@ -121,14 +121,18 @@ def test_allowed_restriction(cold: XRLinearRetriever, catalog) -> None:
     query = "ed sheeran"
     full = cold.retrieve(query, 50)
     assert len(full) == 50
-    allowed = {c.track_id for c in full[10:20]} | {t.track_id for t in catalog.tracks[:500]}
+    top10 = {c.track_id for c in full[:10]}
+    allowed = ({c.track_id for c in full[10:20]} | {t.track_id for t in catalog.tracks[:500]}) - top10
     try:
         cold.allowed = allowed
         hits = cold.retrieve(query, 10)
-        assert hits and all(c.track_id in allowed for c in hits)
-        # Results are the top of the allowed ones, not the allowed part of the top 10.
+        assert all(c.track_id in allowed for c in hits)
+        # Results are the top 10 of the allowed ones (found by widening the search), not the
+        # allowed part of the unrestricted top 10, which is empty here.
         assert len(hits) == 10
-        assert [c.track_id for c in hits[:10]][:1] == [full[10].track_id]
+        expected = [(c.track_id, c.score) for c in full if c.track_id in allowed]
+        assert [(c.track_id, c.score) for c in hits][: len(expected)] == expected[:10]
+        assert [c.rank for c in hits] == list(range(1, 11))
         batch = cold.retrieve_batch([query, "rock"], 10)
         assert all(c.track_id in allowed for hits in batch for c in hits)
         cold.allowed = set()

@@ -1,0 +1,397 @@
+"""PECOS XR-Linear retriever: query text -> track ids through a hierarchical label tree.
+
+Follows the PECOS product-search recipe (Chang et al., 2021): the query is featurized with word
+1-2-gram TF-IDF plus character 3-5-gram TF-IDF taken inside word boundaries (so "tayler swfit"
+still shares most trigrams with "taylor swift"), both blocks hstacked and the row L2-normalized.
+Labels (tracks) are clustered by PIFA embeddings (the mean feature vector of the queries that
+point at them) with hierarchical spherical k-means; a linear one-vs-rest model is trained at
+every tree level and beam search walks the tree at query time, so the cost grows with log(labels).
+
+Training data is (query, track, weight) pairs: at cold start the metadata pseudo-queries of
+`retrievers.pseudo_queries`, later those plus logged clicks/plays. Duplicate (query, track) pairs
+are summed, so a repeated click weighs more than a single one, and logged pairs are scaled up so
+behaviour outweighs the metadata guess. Weights shape the PIFA label embeddings (and so the tree)
+and, with `rel_mode="ranker-only"`, become the costs of PECOS's cost-sensitive leaf classifiers.
+
+Artifacts are versioned: `save(root)` writes `root/v0001/`, `root/v0002/`... atomically (a temp
+dir renamed into place), and `load()` reads them in PECOS's predict-only C++ mode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import scipy.sparse as smat
+
+from retrievers.base import Candidate, Document
+from retrievers.pseudo_queries import PseudoQuery, generate_all
+from retrievers.text import normalize
+
+log = logging.getLogger(__name__)
+
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+FORMAT = 1  # bump when the on-disk layout changes
+
+
+@dataclass(frozen=True)
+class XRConfig:
+    """Every knob of featurization, tree building, training and beam search."""
+
+    nr_splits: int = 16  # branching factor of the label tree
+    max_leaf_size: int = 100  # labels per leaf cluster
+    beam_size: int = 10  # clusters kept per tree level during search
+    threshold: float = 0.1  # prune |w| < threshold from trained weights: smaller model, faster predict
+    topk: int = 100  # default number of results when the caller gives no k
+    word_ngrams: tuple[int, int] = (1, 2)
+    char_ngrams: tuple[int, int] = (3, 5)
+    word_min_df: int = 1  # a rare word is often a title word: keep it
+    char_min_df: int = 2
+    max_features: int = 0  # per n-gram block; 0 keeps all
+    post_processor: str = "l3-hinge"
+    # How pair weights reach PECOS. "disable" (default) trains the classifiers on binarized pairs,
+    # weights then only shape the PIFA label embeddings; "ranker-only" makes them the costs of the
+    # leaf-level classifiers (cost-sensitive learning); "induce" weighs every level. On the 28k
+    # catalog both cost-sensitive modes trained ~6x slower (20 s -> 120 s+) and returned the same
+    # top 5 on spot checks, so they are opt-in.
+    rel_mode: str = "disable"
+    logged_weight_scale: float = 2.0  # a logged (clicked) pair counts this much more than a pseudo pair
+    pseudo_templates: tuple[str, ...] | None = None  # restrict cold-start templates (e.g. at 1M tracks)
+    pseudo_moods: bool = True
+    max_query_chars: int = 256  # longer queries are truncated; nobody types more, attackers do
+    threads: int = -1  # training threads; prediction of one query always uses one
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> XRConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("word_ngrams", "char_ngrams", "pseudo_templates"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+def latest_version(root: Path) -> Path | None:
+    """The newest complete version directory under root, or None. Directories still being
+    written are temp dirs with another name, so a half-written version is never returned."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for child in root.iterdir():
+        m = _VERSION_DIR.match(child.name)
+        if m and (child / "meta.json").is_file() and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), child)
+    return best[1] if best else None
+
+
+def _next_version(root: Path) -> int:
+    nums = [int(m.group(1)) for c in root.iterdir() if (m := _VERSION_DIR.match(c.name))] if root.is_dir() else []
+    return max(nums, default=0) + 1
+
+
+@dataclass
+class TrainStats:
+    n_pairs: int = 0
+    n_queries: int = 0
+    n_labels: int = 0
+    n_features: int = 0
+    n_logged_pairs: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class XRLinearRetriever:
+    """XR-Linear retriever implementing `retrievers.base.Retriever`.
+
+    `allowed`: when set, results are restricted to these track ids; the beam is widened until k
+    allowed tracks are found or the whole tree was searched, so filtering never silently
+    shrinks the list when enough allowed tracks score at all.
+    """
+
+    name = "xr"
+
+    def __init__(self, config: XRConfig | None = None) -> None:
+        self.config = config or XRConfig()
+        self.version: int | None = None
+        self.meta: dict[str, Any] = {}
+        self.stats = TrainStats()
+        self._vectorizer: Any = None  # pecos Vectorizer (C++ tf-idf)
+        self._model: Any = None  # predict-only XLinearModel
+        self._label_ids: list[str] = []
+        self._label_index: dict[str, int] = {}
+        self._n_clusters = 1  # widest internal tree level: beam >= this means exhaustive search
+        self._artifact_dir: Path | None = None  # where the model files that back _model live
+        self._staging: tempfile.TemporaryDirectory[str] | None = None
+        self._allowed: set[str] | None = None
+        self._allowed_mask: np.ndarray | None = None
+
+    # --- restriction ---------------------------------------------------------------------------
+
+    @property
+    def allowed(self) -> set[str] | None:
+        return self._allowed
+
+    @allowed.setter
+    def allowed(self, ids: Iterable[str] | None) -> None:
+        if ids is None:
+            self._allowed, self._allowed_mask = None, None
+            return
+        self._allowed = set(ids)
+        self._rebuild_mask()
+
+    def _rebuild_mask(self) -> None:
+        if self._allowed is None:
+            self._allowed_mask = None
+            return
+        mask = np.zeros(len(self._label_ids), dtype=bool)
+        idx = [self._label_index[i] for i in self._allowed if i in self._label_index]
+        mask[idx] = True
+        self._allowed_mask = mask
+
+    # --- training ------------------------------------------------------------------------------
+
+    @property
+    def is_trained(self) -> bool:
+        return self._model is not None
+
+    def build(self, docs: Sequence[Document], *, progress: bool = False) -> None:
+        """Cold start: trains from metadata pseudo-queries only."""
+        self.train((), docs, progress=progress)
+
+    def train(self, pairs: Sequence[tuple[str, str, float]], docs: Sequence[Document], *,
+              progress: bool = False) -> None:
+        """Trains from the docs' pseudo-queries plus logged (query, track_id, weight) pairs.
+        Logged pairs for unknown tracks or with non-positive weight are dropped."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        label_ids = [d.doc_id for d in docs]
+        label_index = {t: i for i, t in enumerate(label_ids)}
+        weights: dict[tuple[str, int], float] = {}
+        pseudo = _pseudo_pairs(docs, cfg)
+        for pq in pseudo:
+            key = (pq.query, label_index[pq.doc_id])
+            weights[key] = weights.get(key, 0.0) + pq.score
+        n_logged = 0
+        for query, track_id, weight in pairs:
+            q = normalize(query)[: cfg.max_query_chars]
+            idx = label_index.get(track_id)
+            if not q or idx is None or not (weight > 0 and math.isfinite(weight)):
+                continue
+            n_logged += 1
+            weights[(q, idx)] = weights.get((q, idx), 0.0) + cfg.logged_weight_scale * float(weight)
+        if not weights:
+            raise ValueError("no training pairs: empty catalog?")
+        t_pairs = time.perf_counter()
+
+        query_index: dict[str, int] = {}
+        rows = np.empty(len(weights), dtype=np.int64)
+        cols = np.empty(len(weights), dtype=np.int64)
+        vals = np.empty(len(weights), dtype=np.float32)
+        for n, ((q, idx), w) in enumerate(weights.items()):
+            rows[n] = query_index.setdefault(q, len(query_index))
+            cols[n], vals[n] = idx, w
+        queries = list(query_index)
+        # CSR with sorted indices: PECOS checks that Y and R share one sparsity pattern.
+        R = smat.csr_matrix((vals, (rows, cols)), shape=(len(queries), len(label_ids)), dtype=np.float32)
+        R.sort_indices()
+        Y = R.copy()
+        Y.data[:] = 1.0
+
+        staging = tempfile.TemporaryDirectory(prefix="xr-train-")
+        stage = Path(staging.name)
+        vectorizer = _train_vectorizer(queries, cfg)
+        X = vectorizer.predict(queries, threads=cfg.threads)
+        t_vec = time.perf_counter()
+        if progress:
+            log.info("xr: %d pairs, %d queries x %d labels, %d features", len(weights), len(queries),
+                     len(label_ids), X.shape[1])
+
+        from pecos.xmc import Indexer, LabelEmbeddingFactory
+        from pecos.xmc.xlinear.model import XLinearModel
+
+        # Weighted PIFA: a label's embedding leans toward the queries that point at it hardest.
+        label_feat = LabelEmbeddingFactory.create(R, X, method="pifa", threads=cfg.threads)
+        chain = Indexer.gen(label_feat, indexer_type="hierarchicalkmeans", nr_splits=cfg.nr_splits,
+                            max_leaf_size=cfg.max_leaf_size, seed=cfg.seed, threads=cfg.threads)
+        t_tree = time.perf_counter()
+        rel_kwargs: dict[str, Any] = {"rel_mode": cfg.rel_mode}
+        if cfg.rel_mode != "disable":
+            # Row-max normalization: each query's best label costs 1, the rest in proportion, so
+            # a query with one huge click count does not dominate the whole training set.
+            rel_kwargs.update(R=R.tocsc(), rel_norm="max")
+        model = XLinearModel.train(X, Y.tocsc(), C=chain, threshold=cfg.threshold, threads=cfg.threads,
+                                   nr_splits=cfg.nr_splits, beam_size=cfg.beam_size, only_topk=cfg.topk,
+                                   post_processor=cfg.post_processor, **rel_kwargs)
+        t_train = time.perf_counter()
+        # Serve from the predict-only C++ model (an order of magnitude faster than the Python one);
+        # the files stay in a staging dir so save() can copy them into a version directory.
+        vectorizer.save(str(stage / "vectorizer"))
+        model.save(str(stage / "model"))
+        del model
+        n_clusters = chain[-1].shape[1]  # leaf clusters: the widest level the beam walks
+        (stage / "labels.txt").write_text("\n".join(label_ids), encoding="utf-8")
+        self.stats = TrainStats(n_pairs=len(weights), n_queries=len(queries), n_labels=len(label_ids),
+                                n_features=int(X.shape[1]), n_logged_pairs=n_logged,
+                                seconds={"pairs": t_pairs - t0, "vectorize": t_vec - t_pairs,
+                                         "tree": t_tree - t_vec, "train": t_train - t_tree})
+        meta = {"format": FORMAT, "version": None, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "n_pairs": len(weights), "n_logged_pairs": n_logged, "n_queries": len(queries),
+                "n_labels": len(label_ids), "n_features": int(X.shape[1]), "n_clusters": int(n_clusters),
+                "train_seconds": round(time.perf_counter() - t0, 3), "config": cfg.to_dict()}
+        (stage / "meta.json").write_text(json.dumps(meta, indent=2))
+        self._open(stage, meta)
+        self._staging = staging  # keeps the staging dir alive as long as this model serves
+        self.version = None
+        if progress:
+            log.info("xr: trained in %.1fs (%s)", meta["train_seconds"], self.stats.seconds)
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: Path) -> Path:
+        """Writes the next version directory under `path` and returns it."""
+        if self._artifact_dir is None:
+            raise RuntimeError("XRLinearRetriever.save() before build()/train()/load()")
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        version = _next_version(root)
+        tmp = Path(tempfile.mkdtemp(prefix=".xr-save-", dir=root))
+        try:
+            for part in ("vectorizer", "model"):
+                shutil.copytree(self._artifact_dir / part, tmp / part)
+            shutil.copy2(self._artifact_dir / "labels.txt", tmp / "labels.txt")
+            meta = {**self.meta, "version": version}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            final = root / f"v{version:04d}"
+            os.rename(tmp, final)  # atomic on one filesystem: readers see all of it or nothing
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.version, self.meta = version, meta
+        return final
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        """Loads a version directory, or the latest version when given the root directory."""
+        path = Path(path)
+        if not (path / "meta.json").is_file():
+            latest = latest_version(path)
+            if latest is None:
+                raise FileNotFoundError(f"no XR-Linear model version under {path}")
+            path = latest
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: unsupported XR-Linear artifact format {meta.get('format')!r}")
+        obj = cls(XRConfig.from_dict(meta.get("config", {})))
+        obj._open(path, meta)
+        obj.version = meta.get("version")
+        return obj
+
+    def _open(self, path: Path, meta: dict[str, Any]) -> None:
+        from pecos.utils.featurization.text.vectorizers import Vectorizer
+        from pecos.xmc.xlinear.model import XLinearModel
+
+        self._vectorizer = Vectorizer.load(str(path / "vectorizer"))
+        self._model = XLinearModel.load(str(path / "model"), is_predict_only=True)
+        self._label_ids = (path / "labels.txt").read_text(encoding="utf-8").split("\n")
+        self._label_index = {t: i for i, t in enumerate(self._label_ids)}
+        self._n_clusters = int(meta.get("n_clusters", len(self._label_ids)))
+        self._artifact_dir, self.meta = path, meta
+        self._rebuild_mask()
+
+    # --- retrieval -----------------------------------------------------------------------------
+
+    def _clean(self, query: object) -> str:
+        if not isinstance(query, str):
+            return ""
+        # Truncate before normalizing too: normalizing 10 MB of text would itself be the attack.
+        return normalize(query[: self.config.max_query_chars * 4])[: self.config.max_query_chars]
+
+    def retrieve(self, query: str, k: int) -> list[Candidate]:
+        return self.retrieve_batch([query], k)[0]
+
+    def retrieve_batch(self, queries: Sequence[str], k: int) -> list[list[Candidate]]:
+        if self._model is None:
+            raise RuntimeError("XRLinearRetriever used before build()/train()/load()")
+        out: list[list[Candidate]] = [[] for _ in queries]
+        if k <= 0 or not queries:
+            return out
+        texts = [self._clean(q) for q in queries]
+        live = [i for i, t in enumerate(texts) if t]
+        if not live:
+            return out
+        X = self._vectorizer.predict([texts[i] for i in live], threads=1 if len(live) == 1 else -1)
+        X = X.astype(np.float32, copy=False).tocsr()
+        # No known n-gram at all means no evidence; PECOS would still rank labels by bias alone.
+        has_feat = np.diff(X.indptr) > 0
+        k_eff = min(k, len(self._label_ids))
+        mask = self._allowed_mask
+        if mask is not None and not mask.any():
+            return out
+        beam, topk = self.config.beam_size, k_eff if mask is None else min(len(self._label_ids), 4 * k_eff)
+        pending = [j for j in range(len(live)) if has_feat[j]]
+        while pending:
+            P = self._predict(X[pending], beam, topk, threads=1 if len(pending) == 1 else -1)
+            retry = []
+            for row, j in enumerate(pending):
+                lo, hi = P.indptr[row], P.indptr[row + 1]
+                idx, scores = P.indices[lo:hi], P.data[lo:hi]
+                if mask is not None:
+                    keep = mask[idx]
+                    idx, scores = idx[keep], scores[keep]
+                exhausted = beam >= self._n_clusters and topk >= len(self._label_ids)
+                if mask is not None and len(idx) < k_eff and not exhausted:
+                    retry.append(j)
+                    continue
+                order = np.argsort(-scores, kind="stable")[:k_eff]
+                out[live[j]] = [Candidate(self._label_ids[int(idx[o])], float(scores[o]), r)
+                                for r, o in enumerate(order, start=1)]
+            pending = retry
+            # Widen the search for rows whose allowed results ran short: 4x beam and depth each round.
+            beam, topk = min(self._n_clusters, beam * 4), min(len(self._label_ids), topk * 4)
+        return out
+
+    def _predict(self, X: smat.csr_matrix, beam: int, topk: int, *, threads: int) -> smat.csr_matrix:
+        P = self._model.predict(X, beam_size=beam, only_topk=topk, threads=threads)
+        return P.tocsr()
+
+    def __len__(self) -> int:
+        return len(self._label_ids)
+
+
+def _pseudo_pairs(docs: Sequence[Document], cfg: XRConfig) -> list[PseudoQuery]:
+    pairs = generate_all(docs, moods=cfg.pseudo_moods)
+    if cfg.pseudo_templates is not None:
+        keep = set(cfg.pseudo_templates)
+        pairs = [p for p in pairs if p.template in keep]
+    return pairs
+
+
+def _train_vectorizer(corpus: list[str], cfg: XRConfig) -> Any:
+    from pecos.utils.featurization.text.vectorizers import Vectorizer
+
+    def block(analyzer: str, ngrams: tuple[int, int], min_df: int) -> dict[str, Any]:
+        return {"analyzer": analyzer, "ngram_range": list(ngrams), "min_df_cnt": min_df,
+                "max_feature": cfg.max_features, "sublinear_tf": True, "norm": "l2"}
+
+    # PECOS hstacks the blocks and re-normalizes the row (norm_p=2): the paper's feature recipe.
+    config = {"type": "tfidf", "kwargs": {
+        "base_vect_configs": [block("word", cfg.word_ngrams, cfg.word_min_df),
+                              block("char_wb", cfg.char_ngrams, cfg.char_min_df)],
+        "norm_p": 2, "threads": cfg.threads}}
+    return Vectorizer.train(corpus, config)
