@@ -1,0 +1,367 @@
+"""Ranker library: feature registry, featurizer, LambdaMART training, click labels, artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from ranker import labels, selfsupervised
+from ranker.features import (
+    DEFAULT_REGISTRY,
+    CandidateInput,
+    FeatureRegistry,
+    QueryInput,
+    TrackFeatureCache,
+    featurize,
+)
+from ranker.model import ModelLoadError, RankData, latest_version, load, load_latest, train
+from services.records import FeedbackEvent, JoinedRecord
+
+R = DEFAULT_REGISTRY
+
+
+# ---------------------------------------------------------------------------------------------
+# A small synthetic catalog with the structure that makes music ranking hard: many titles shared
+# by several artists (covers, common words), a skewed popularity, and a lexical retriever that
+# returns everything sharing a token with the query.
+# ---------------------------------------------------------------------------------------------
+
+_SYL = ["ka", "lo", "mi", "ra", "te", "su", "no", "vi", "da", "ze", "po", "lu", "ne", "sa", "ti", "bo"]
+
+
+@dataclass(frozen=True)
+class Track:
+    track_id: str
+    title: str
+    artist: str
+    album: str
+    popularity: float
+    year: int
+    genres: tuple[str, ...]
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYL) for _ in range(rng.randint(2, 3)))
+
+
+def make_catalog(seed: int = 0, n_artists: int = 120, per_artist: int = 5) -> list[Track]:
+    rng = random.Random(seed)
+    words = sorted({_word(rng) for _ in range(400)})
+    shared_titles = [" ".join(rng.sample(words, rng.randint(1, 2))) for _ in range(60)]
+    genres = ["pop", "rock", "rap", "latin", "edm", "r b"]
+    tracks = []
+    for a in range(n_artists):
+        artist = " ".join(rng.sample(words, rng.randint(1, 2)))
+        album = " ".join(rng.sample(words, 2))
+        for j in range(per_artist):
+            # a third of titles are shared with other artists, so "title" alone is ambiguous
+            title = rng.choice(shared_titles) if rng.random() < 0.33 else " ".join(rng.sample(words, rng.randint(1, 3)))
+            tracks.append(Track(f"t{a:03d}{j}", title, artist, album, rng.betavariate(1.2, 3.0),
+                                rng.randint(1970, 2023), tuple(rng.sample(genres, 2))))
+    return tracks
+
+
+def retrieve(query: str, catalog: list[Track], rng: random.Random, k: int = 40) -> list[CandidateInput]:
+    """Lexical (token overlap + popularity prior) top-k plus a few random 'dense' neighbours."""
+    q = set(query.split())
+    scored = []
+    for t in catalog:
+        overlap = len(q & set(f"{t.title} {t.artist} {t.album}".split()))
+        if overlap:
+            scored.append((overlap + 0.3 * t.popularity, t))
+    scored.sort(key=lambda p: -p[0])
+    lex = {t.track_id: (s, r) for r, (s, t) in enumerate(scored[:k], start=1)}
+    dense_pool = rng.sample(catalog, 8)
+    dense = {t.track_id: (rng.uniform(0.2, 0.6), r) for r, t in enumerate(dense_pool, start=1)}
+    by_id = {t.track_id: t for t in catalog}
+    out = []
+    for tid in dict.fromkeys([*lex, *dense]):
+        t = by_id[tid]
+        rs = {}
+        if tid in lex:
+            rs["lexical"] = lex[tid]
+        if tid in dense:
+            rs["dense"] = dense[tid]
+        out.append(CandidateInput(track_id=tid, title_norm=t.title, artist_norm=t.artist, album_norm=t.album,
+                                  genres=t.genres, popularity=t.popularity, year=t.year, retriever_scores=rs,
+                                  dense_cos=rng.uniform(0.0, 0.7)))
+    return out
+
+
+def ndcg10(scores: np.ndarray, rel: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")[:10]
+    disc = 1.0 / np.log2(np.arange(2, 12))
+    dcg = float(((2.0 ** rel[order] - 1) * disc[: order.size]).sum())
+    ideal = np.sort(rel)[::-1][:10]
+    idcg = float(((2.0 ** ideal - 1) * disc[: ideal.size]).sum())
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+@pytest.fixture(scope="module")
+def catalog() -> list[Track]:
+    return make_catalog()
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and featurizer
+# ---------------------------------------------------------------------------------------------
+
+def test_registry_names_unique_and_versioned() -> None:
+    assert len(set(R.names)) == len(R.names) == R.dim
+    for r in ("lexical", "dense", "xr", "q2e"):
+        assert f"ret_{r}_score" in R.index and f"ret_{r}_rank" in R.index
+    other = FeatureRegistry(["lexical", "dense"])
+    assert other.version != R.version
+    assert FeatureRegistry().version == R.version  # deterministic
+
+
+def test_featurize_shape_order_and_missing_values() -> None:
+    cands = [
+        CandidateInput("a", "love story", "taylor swift", "fearless", ("pop", "country"), 0.9, 2008,
+                       {"lexical": (12.5, 1), "q2e": (0.8, 2)}, dense_cos=0.41, q2e_score=0.8, q2e_ctr=0.3),
+        CandidateInput("b", "love story remix", "someone else", "", ("edm",), 0.2, None, {"dense": (0.7, 1)}),
+        CandidateInput("c", "other song", "nobody", "x", (), 0.1, 1999, {"xr": (0.5, 3), "unknown": (1.0, 1)}),
+    ]
+    q = QueryInput("taylor swift love story", {"pop": 0.7, "country": 0.2})
+    x = featurize(q, cands, TrackFeatureCache())
+    assert x.shape == (3, R.dim) and x.dtype == np.float32
+
+    def f(i: int, name: str) -> float:
+        return float(x[i, R.index[name]])
+
+    assert f(0, "ret_lexical_score") == pytest.approx(12.5) and f(0, "ret_lexical_rank") == 1
+    assert math.isnan(f(0, "ret_dense_score")) and math.isnan(f(0, "ret_xr_rank"))
+    assert f(0, "n_retrievers") == 2 and f(0, "best_rank") == 1
+    assert f(2, "n_retrievers") == 1  # a retriever outside the registry is not counted
+    assert f(0, "popularity") == pytest.approx(0.9) and f(0, "year") == 2008 and math.isnan(f(1, "year"))
+    assert f(0, "artist_title_exact") == 1 and f(0, "title_in_query") == 1 and f(0, "artist_in_query") == 1
+    assert f(0, "title_exact") == 0 and f(0, "title_qcov") == pytest.approx(0.5)
+    assert f(0, "title_jaccard") == pytest.approx(0.5) and f(0, "all_qcov") == 1.0
+    assert f(0, "artist_title_edit") == 0.0 and 0 < f(1, "title_edit") < 1
+    assert f(1, "title_in_query") == 0 and f(1, "title_qcov") == pytest.approx(0.5)
+    assert f(0, "genre_affinity") == pytest.approx(0.9) and f(1, "genre_affinity") == 0
+    assert f(0, "dense_cos") == pytest.approx(0.41) and math.isnan(f(1, "dense_cos"))
+    assert f(0, "q2e_ctr") == pytest.approx(0.3) and math.isnan(f(2, "q2e_score"))
+    assert (x[:, R.index["query_len"]] == 4).all()
+
+    # title prefix (a partially typed title) and an unknown user (no affinity -> NaN)
+    x2 = featurize(QueryInput("love st"), cands)
+    assert x2[0, R.index["title_prefix"]] == 1 and x2[1, R.index["title_prefix"]] == 1
+    assert x2[2, R.index["title_prefix"]] == 0
+    assert np.isnan(x2[:, R.index["genre_affinity"]]).all()
+    assert featurize(QueryInput("x"), []).shape == (0, R.dim)
+
+
+def test_cache_is_invalidated_when_track_text_changes() -> None:
+    cache = TrackFeatureCache()
+    q = QueryInput("alpha")
+    a = CandidateInput("t1", "alpha", "x")
+    b = CandidateInput("t1", "beta", "x")  # same id, retitled
+    assert featurize(q, [a], cache)[0, R.index["title_exact"]] == 1
+    assert featurize(q, [b], cache)[0, R.index["title_exact"]] == 0
+    assert featurize(q, [a], cache)[0, R.index["title_qcov"]] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning
+# ---------------------------------------------------------------------------------------------
+
+def _title_pop_problem(catalog: list[Track], n_queries: int, seed: int) -> tuple[RankData, list[np.ndarray]]:
+    """Relevance = exact title match + popularity + noise, graded 0..3."""
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    cache = TrackFeatureCache()
+    xs, ys, sizes = [], [], []
+    for _ in range(n_queries):
+        src = rng.choice(catalog)
+        cands = retrieve(src.title, catalog, rng)
+        x = featurize(QueryInput(src.title), cands, cache)
+        exact = np.array([c.title_norm == src.title for c in cands], dtype=float)
+        pop = np.array([c.popularity for c in cands])
+        latent = 2.0 * exact + 1.5 * pop + nrng.normal(0, 0.25, len(cands))
+        y = np.digitize(latent, [1.0, 2.2, 3.0]).astype(np.int32)
+        xs.append(x)
+        ys.append(y)
+        sizes.append(len(cands))
+    return RankData(np.concatenate(xs), np.concatenate(ys), np.array(sizes)), ys
+
+
+def test_lambdamart_beats_random_on_held_out_queries(catalog: list[Track]) -> None:
+    tr, _ = _title_pop_problem(catalog, 250, seed=1)
+    va, _ = _title_pop_problem(catalog, 60, seed=2)
+    te, te_y = _title_pop_problem(catalog, 120, seed=3)
+    model = train(tr.X, tr.y, tr.group, valid=va, num_boost_round=80)
+    assert model.meta["n_queries"] == 250 and "valid_ndcg@10" in model.meta["metrics"]
+    scores = model.predict(te.X)
+    rng = np.random.default_rng(0)
+    bounds = np.concatenate([[0], np.cumsum(te.group)])
+    model_ndcg, random_ndcg = [], []
+    for i, y in enumerate(te_y):
+        s = scores[bounds[i]:bounds[i + 1]]
+        model_ndcg.append(ndcg10(s, y))
+        random_ndcg.append(ndcg10(rng.random(len(y)), y))
+    m, r = float(np.mean(model_ndcg)), float(np.mean(random_ndcg))
+    assert m > 0.85, (m, r)
+    assert m > r + 0.3, (m, r)
+
+
+def test_self_supervised_model_ranks_exact_artist_title_first(catalog: list[Track]) -> None:
+    rng = random.Random(5)
+    cache = TrackFeatureCache()
+    pairs = []
+    for t in catalog:
+        pairs += [selfsupervised.PseudoPair(f"{t.artist} {t.title}", t.track_id, "artist_title"),
+                  selfsupervised.PseudoPair(t.title, t.track_id, "title"),
+                  selfsupervised.PseudoPair(t.artist, t.track_id, "artist")]
+
+    def candidates(q: str) -> tuple[list[str], np.ndarray]:
+        cands = retrieve(q, catalog, rng)
+        return [c.track_id for c in cands], featurize(QueryInput(q), cands, cache)
+
+    data, stats = selfsupervised.build(pairs, candidates, max_groups=500, seed=0)
+    assert stats["groups"] == data.group.size <= 500 and stats["queries"] == 500
+    assert data.y.max() == 3  # artist_title graded above title and artist
+    model = train(data.X, data.y, data.group, num_boost_round=80)
+
+    # The hard cases: tracks whose title is shared with other artists' tracks.
+    by_title: dict[str, list[Track]] = {}
+    for t in catalog:
+        by_title.setdefault(t.title, []).append(t)
+    hard = [t for ts in by_title.values() if len({x.artist for x in ts}) > 1 for t in ts]
+    assert len(hard) >= 20
+    firsts = 0
+    for t in hard[:40]:
+        q = f"{t.artist} {t.title}"
+        cands = retrieve(q, catalog, rng)
+        s = model.predict(featurize(QueryInput(q), cands, cache))
+        firsts += cands[int(np.argmax(s))].track_id == t.track_id
+    assert firsts == len(hard[:40])
+
+
+def test_self_supervised_merges_queries_and_drops_missed_groups() -> None:
+    pairs = [selfsupervised.PseudoPair("q1", "a", "artist"), selfsupervised.PseudoPair("q1", "b", "artist_title"),
+             selfsupervised.PseudoPair("q2", "z", "title")]
+    groups = selfsupervised.sample_queries(pairs, 10)
+    assert groups == {"q1": {"a": 1, "b": 3}, "q2": {"z": 2}}
+    table = {"q1": ["a", "b", "c"], "q2": ["x", "y"]}  # retrieval missed z for q2
+    data, stats = selfsupervised.build_training_set(groups, lambda q: (table[q], np.zeros((len(table[q]), 4))))
+    assert data.y.tolist() == [1, 3, 0] and data.group.tolist() == [3]
+    assert stats["dropped_no_positive"] == 1
+    assert len(selfsupervised.sample_queries(pairs, 1, seed=3)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Click labels
+# ---------------------------------------------------------------------------------------------
+
+def test_cascade_labels_known_example() -> None:
+    served = ["a", "b", "c", "d", "e", "f"]
+    events = [("c", "click", 3), ("c", "play", 3), ("a", "skip", 1), ("d", "click", 4), ("d", "skip", 4),
+              ("zz", "click", 9)]
+    # a skipped -> 0; b shown above the last action, untouched -> 0; c played -> 3;
+    # d clicked then skipped -> 0; e, f below the last action -> ignored; zz was not served.
+    assert labels.cascade_labels(served, events) == [0, 0, 3, 0, None, None]
+    assert labels.cascade_labels(served, [("b", "like", 2)]) == [0, 2, None, None, None, None]
+    assert labels.cascade_labels(served, [("e", "add_to_favorites", 5), ("e", "skip", 5)])[4] == 2
+    assert labels.cascade_labels(served, []) == [None] * 6
+    assert labels.propensity(4, eta=1.0) == 0.25
+
+
+def _record(sid: str, served: list[str], events: list[tuple[str, str, int]], names: list[str]) -> dict:
+    feats = [[float(i), None] + [0.0] * (len(names) - 2) for i in range(len(served))]
+    rec = JoinedRecord(
+        search_id=sid, ts=0.0, query="q", query_norm="q", context={}, policy="fixed", actions=[],
+        probabilities=[], chosen=0, propensity=1.0, candidates={}, served=served, feature_names=names,
+        features=feats,
+        events=[FeedbackEvent(event_id=f"{sid}-{i}", search_id=sid, track_id=t, type=ty, position=p, timestamp=0.0)
+                for i, (t, ty, p) in enumerate(events)])
+    return rec.model_dump()
+
+
+def test_training_set_from_joined_records_with_ipw() -> None:
+    names = R.names
+    recs = [
+        _record("s1", ["a", "b", "c", "d"], [("c", "click", 3)], names),
+        _record("s2", ["a", "b"], [], names),  # no events: no information
+        _record("s3", ["a", "b"], [("a", "skip", 1)], names),  # no positive
+        _record("s4", ["a", "b"], [("a", "play", 1)], ["old_feature"] * len(names)),  # other registry
+        _record("s5", ["a", "b", "c"], [("a", "like", 1), ("b", "play", 2)], names),
+    ]
+    data, st = labels.build_training_set(recs, names, eta=1.0)
+    assert (st.records, st.groups, st.rows) == (5, 2, 5)
+    assert (st.skipped_no_events, st.skipped_no_positive, st.skipped_feature_mismatch) == (1, 1, 1)
+    assert data.group.tolist() == [3, 2] and data.y.tolist() == [0, 0, 1, 2, 3]
+    assert data.weights is not None and data.weights.tolist() == [1.0, 1.0, 3.0, 1.0, 2.0]
+    assert data.X.shape == (5, R.dim) and np.isnan(data.X[:, 1]).all() and data.X[2, 0] == 2.0
+    unweighted, _ = labels.build_training_set(recs, names)
+    assert unweighted.weights is None
+    # LightGBM accepts the weighted set as is
+    model = train(np.tile(data.X, (4, 1)), np.tile(data.y, 4), np.tile(data.group, 4), weights=np.tile(data.weights, 4),
+                  num_boost_round=3, params={"min_data_in_leaf": 1})
+    assert model.meta["weighted"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_model(catalog: list[Track]):
+    data, _ = _title_pop_problem(catalog, 60, seed=9)
+    return train(data.X, data.y, data.group, num_boost_round=20), data
+
+
+def test_save_load_round_trip_and_versions(tmp_path, small_model) -> None:
+    model, data = small_model
+    assert latest_version(tmp_path) is None
+    p1 = model.save(tmp_path)
+    p2 = model.save(tmp_path)
+    assert (p1.name, p2.name) == ("ranker-v0001", "ranker-v0002") and latest_version(tmp_path) == p2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    meta = json.loads((p2 / "meta.json").read_text())
+    assert meta["feature_names"] == R.names and meta["registry_version"] == R.version and meta["n_queries"] == 60
+    loaded = load_latest(tmp_path)
+    assert loaded.version == "ranker-v0002"
+    np.testing.assert_array_equal(loaded.predict(data.X), model.predict(data.X))
+
+
+def test_load_refuses_mismatched_features(tmp_path, small_model) -> None:
+    model, _ = small_model
+    path = model.save(tmp_path)
+    with pytest.raises(ModelLoadError, match="missing"):
+        load(path, FeatureRegistry(["lexical", "dense"]))
+    meta = json.loads((path / "meta.json").read_text())
+    meta["feature_names"] = list(reversed(meta["feature_names"]))
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="different order"):
+        load(path)
+
+
+def test_load_refuses_corrupt_files(tmp_path, small_model) -> None:
+    model, _ = small_model
+    path = model.save(tmp_path)
+    text = (path / "model.txt").read_text()
+    (path / "model.txt").write_text(text[: len(text) // 2])
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        load(path)
+    path2 = model.save(tmp_path)
+    (path2 / "meta.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot read"):
+        load(path2)
+    with pytest.raises(ModelLoadError, match="no ranker version"):
+        load_latest(tmp_path / "empty")
+
+
+def test_train_rejects_bad_input() -> None:
+    x = np.zeros((4, R.dim), dtype=np.float32)
+    with pytest.raises(ValueError, match="group"):
+        train(x, np.zeros(4), [3])
+    with pytest.raises(ValueError, match="integers"):
+        train(x, np.array([0, 0.5, 1, 0]), [4])
+    with pytest.raises(ValueError, match="registry order"):
+        train(np.zeros((4, 3)), np.zeros(4), [4])
