@@ -81,9 +81,11 @@ class ArmStats:
     def as_context(self, arms: Iterable[str] | None = None) -> dict[str, float]:
         """Per-arm features to merge into the bandit context (and so into the logged record)."""
         out: dict[str, float] = {}
+        # Rounded: the logs stay readable and the policy's rendered action lines can be reused until
+        # a statistic moves visibly (an EWMA otherwise changes in the 10th digit on every event).
         for arm in (self.arms() if arms is None else arms):
-            out[ARM_RATE_PREFIX + arm] = self.reward_rate(arm)
-            out[ARM_MS_PREFIX + arm] = self.latency_ms(arm)
+            out[ARM_RATE_PREFIX + arm] = round(self.reward_rate(arm), 3)
+            out[ARM_MS_PREFIX + arm] = round(self.latency_ms(arm), 2)
         return out
 
     def to_dict(self) -> dict[str, object]:

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 # Numeric features, always present (0.0 when the input is missing), in a stable order.
 CONTEXT_FEATURES: tuple[str, ...] = (
@@ -176,9 +177,15 @@ def build_context(
     return ctx
 
 
+@lru_cache(maxsize=16384)
+def _safe_name(name: str) -> str:
+    # Names repeat across requests; caching keeps the regex off the decide() hot path.
+    return _VW_UNSAFE.sub("_", name)
+
+
 def vw_feature(name: str, value: float) -> str:
     """One `name:value` token; a value of exactly 1 is written bare (VW's default weight)."""
-    safe = _VW_UNSAFE.sub("_", name)
+    safe = _safe_name(name)
     return safe if value == 1.0 else f"{safe}:{value:.6g}"
 
 

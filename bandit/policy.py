@@ -18,13 +18,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import vowpal_wabbit_next as vw
 
-from bandit.actions import DEFAULT_REFERENCE_MS, Action, action_features, expected_latency_ms, render_action
-from bandit.context import render_shared
+from bandit.actions import DEFAULT_REFERENCE_MS, Action, expected_latency_ms, render_action_lines
+from bandit.context import ARM_PREFIXES, render_shared
 
 # Bumped when the example layout (namespaces, feature names) changes: a model trained on another
 # layout must not be loaded silently.
 FEATURE_LAYOUT_VERSION = 1
 VW_VERSION: str = vw.VW_VERSION
+_LINE_CACHE_SIZE = 256
 
 
 class RandomLike(Protocol):
@@ -145,17 +146,32 @@ def _check_propensity(propensity: float) -> None:
         raise ValueError(f"propensity must be in (0, 1], got {propensity}")
 
 
+def _fast_path(ws: vw.Workspace) -> tuple[Any, Any] | None:
+    """vowpal-wabbit-next's core parse/predict functions when this version exposes them (0.7.0
+    does; tests check both paths agree), else None and the public API is used."""
+    core_mod = getattr(vw, "_core", None)
+    parse = getattr(core_mod, "_parse_line_text", None)
+    core = getattr(ws, "_workspace", None)
+    if parse is None or core is None or not all(hasattr(core, m) for m in ("predict_multi_ex_one",
+                                                                          "learn_multi_ex_one")):
+        return None
+    return parse, core
+
+
 class VWPolicy:
     """Contextual bandit over retriever subsets: VW `--cb_explore_adf` (epsilon-greedy or SquareCB)."""
 
     name = "vw"
 
-    def __init__(self, config: VWConfig | None = None, model_data: bytes | None = None, version: str = "v0000") -> None:
+    def __init__(self, config: VWConfig | None = None, model_data: bytes | None = None, version: str = "v0000",
+                 fast_path: bool = True) -> None:
         self.config = config or VWConfig()
         self.version = version
         args = self.config.vw_args()
         self._ws = vw.Workspace(args, model_data=model_data) if model_data is not None else vw.Workspace(args)
         self._parser = vw.TextFormatParser(self._ws)
+        self._fast = _fast_path(self._ws) if fast_path else None
+        self._line_cache: dict[tuple, list[str]] = {}
         self._rng = random.Random(self.config.seed)
         # A VW workspace is not thread safe; serving threads and the learner share one.
         self._lock = threading.Lock()
@@ -177,15 +193,38 @@ class VWPolicy:
     def example_lines(self, context: Mapping[str, float], actions: Sequence[Action],
                       labelled: int | None = None, cost: float = 0.0, probability: float = 1.0) -> list[str]:
         """The VW text lines for one decision; `labelled` puts '0:cost:probability' on that action."""
-        ref = self.config.cost.reference_ms
-        lines = [render_shared(context)]
-        for i, a in enumerate(actions):
-            label = f"0:{cost:.6g}:{probability:.6g}" if i == labelled else None
-            lines.append(render_action(action_features(a, context, ref), label))
+        actions = tuple(actions)
+        # Action lines depend only on the actions and the arm statistics in the context, which change
+        # far less often than queries arrive: reuse them while those inputs are unchanged.
+        key = (actions, tuple(v for n, v in context.items() if n.startswith(ARM_PREFIXES)))
+        action_lines = self._line_cache.get(key)
+        if action_lines is None:
+            action_lines = render_action_lines(actions, context, self.config.cost.reference_ms)
+            if len(self._line_cache) >= _LINE_CACHE_SIZE:
+                self._line_cache.clear()
+            self._line_cache[key] = action_lines
+        lines = [render_shared(context), *action_lines]
+        if labelled is not None:
+            lines[labelled + 1] = f"0:{cost:.6g}:{probability:.6g} {lines[labelled + 1]}"
         return lines
 
     def _parse(self, lines: list[str]) -> list[vw.Example]:
         return [self._parser.parse_line(line) for line in lines]
+
+    def _predict(self, lines: list[str]) -> list[tuple[int, float]]:
+        if self._fast is not None:
+            # The public wrappers re-check label types and wrap every example in Python objects,
+            # which costs more than VW's own prediction for 11 actions; call the core directly.
+            parse, core = self._fast
+            return core.predict_multi_ex_one([parse(core, line) for line in lines])
+        return self._ws.predict_one(self._parse(lines))
+
+    def _learn(self, lines: list[str]) -> None:
+        if self._fast is not None:
+            parse, core = self._fast
+            core.learn_multi_ex_one([parse(core, line) for line in lines])
+        else:
+            self._ws.learn_one(self._parse(lines))
 
     # -- policy interface -------------------------------------------------------------------------
     def probabilities(self, context: Mapping[str, float], actions: Sequence[Action]) -> list[float]:
@@ -193,7 +232,7 @@ class VWPolicy:
             raise ValueError("no actions to choose from")
         lines = self.example_lines(context, actions)
         with self._lock:
-            pred = self._ws.predict_one(self._parse(lines))
+            pred = self._predict(lines)
         probs = [0.0] * len(actions)
         for idx, p in pred:
             probs[idx] = max(0.0, float(p))
@@ -219,7 +258,7 @@ class VWPolicy:
             raise ValueError(f"cost must be finite, got {cost}")
         lines = self.example_lines(context, actions, chosen, cost, propensity)
         with self._lock:
-            self._ws.learn_one(self._parse(lines))
+            self._learn(lines)
             self.n_learned += 1
 
     def learn(self, context: Mapping[str, float], actions: Sequence[Action], chosen: int, reward: float,

@@ -326,3 +326,22 @@ def test_checkpoints_versioned_and_verified(tmp_path: Path, actions: list[Action
         load_latest(tmp_path)
     # The next save still gets a fresh version number.
     assert save_checkpoint(tmp_path, policy) == "v0003"
+
+
+def test_fast_path_and_cached_lines_match_public_api(actions: list[Action]) -> None:
+    """decide()'s shortcuts (core VW calls, cached action lines) must not change what VW sees."""
+    stats = ArmStats()
+    fast, slow = VWPolicy(), VWPolicy(fast_path=False)
+    assert fast._fast is not None and slow._fast is None
+    r = random.Random(6)
+    for step in range(200):
+        kind = r.randrange(2)
+        stats.observe_latency(RIGHT[kind], r.uniform(1, 9))
+        ctx = {**_context(kind, r), **stats.as_context(RETRIEVERS)}
+        expected = [render_shared(ctx)] + [render_action(action_features(a, ctx)) for a in actions]
+        lines = fast.example_lines(ctx, actions, labelled=step % len(actions), cost=-1.0, probability=0.5)
+        assert [sorted(line.split()) for line in lines[1:] if not line.startswith("0:")] == [
+            sorted(line.split()) for i, line in enumerate(expected[1:]) if i != step % len(actions)]
+        assert fast.probabilities(ctx, actions) == slow.probabilities(ctx, actions)
+        for p in (fast, slow):
+            p.learn(ctx, actions, step % len(actions), _rewards(kind, actions)[step % len(actions)], 0.5)

@@ -1,0 +1,95 @@
+"""Bandit micro-benchmark: decide() / learn() latency with the realistic action set.
+
+4 retrievers (lexical, dense, xr, q2e), subsets of at most 2 arms plus "all" = 11 actions, a full
+context from build_context plus per-arm running stats. Target (BRIEF): decide <= 0.2 ms.
+
+    python -m bench.bench_bandit [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+from bandit.actions import enumerate_actions
+from bandit.arm_stats import ArmStats
+from bandit.context import build_context
+from bandit.policy import VWConfig, VWPolicy
+from bench.common import latency_summary, write_result
+
+RETRIEVERS = ("lexical", "dense", "xr", "q2e")
+TARGET_DECIDE_MS = 0.2
+_WORDS = ["love", "story", "taylor", "swift", "sad", "songs", "gym", "rap", "latin", "summer", "tayler", "lvoe",
+          "beyonce", "halo", "2000s", "hits", "chill", "lofi", "rock", "ballads"]
+
+
+def _contexts(n: int, stats: ArmStats, r: random.Random) -> list[dict[str, float]]:
+    vocab = set(_WORDS) - {"tayler", "lvoe"}
+    out = []
+    for _ in range(n):
+        query = " ".join(r.choice(_WORDS) for _ in range(r.randint(1, 5)))
+        ctx = build_context(query, vocabulary=vocab, artist_words={"taylor", "swift", "beyonce"},
+                            title_words={"love", "story", "halo"}, genre_words={"rap", "latin", "rock", "lofi"},
+                            q2e_hit=r.random() < 0.3, q2e_evidence=r.randint(0, 50), ts=1.7e9 + r.randrange(604800),
+                            affinity={"pop": r.random(), "rock": r.random()}, locale=r.choice(["de", "en", "es"]),
+                            device=r.choice(["ios", "android", "web"]))
+        ctx.update(stats.as_context(RETRIEVERS))
+        out.append(ctx)
+    return out
+
+
+def _bench_policy(config: VWConfig, n: int, warm: int, seed: int = 0) -> dict[str, object]:
+    r = random.Random(seed)
+    actions = enumerate_actions(RETRIEVERS, max_arms=2, budgets=(100,), include_all=True)
+    stats = ArmStats()
+    for arm, ms in zip(RETRIEVERS, (1.5, 4.0, 0.4, 0.2), strict=True):
+        stats.observe_latency(arm, ms)
+        stats.observe_reward(arm, 0.5)
+    policy = VWPolicy(config)
+    contexts = _contexts(n, stats, r)
+    # Warm the model so timings reflect a model with populated weights, not an empty one.
+    for ctx in contexts[:warm]:
+        d = policy.decide(ctx, actions)
+        policy.learn(ctx, actions, d.chosen, float(r.random() < 0.5), d.propensity, latency_ms=5.0)
+    decide_s, learn_s, full_s = [], [], []
+    for ctx in contexts:
+        t = time.perf_counter()
+        d = policy.decide(ctx, actions)
+        decide_s.append(time.perf_counter() - t)
+        reward = float(r.random() < 0.5)
+        t = time.perf_counter()
+        policy.learn(ctx, actions, d.chosen, reward, d.propensity, latency_ms=5.0)
+        learn_s.append(time.perf_counter() - t)
+    for ctx in contexts[: max(50, n // 10)]:
+        rewards = [float(r.random() < 0.5) for _ in actions]
+        t = time.perf_counter()
+        policy.learn_full_information(ctx, actions, rewards)
+        full_s.append(time.perf_counter() - t)
+    model_bytes = len(policy.serialize())
+    decide = latency_summary(decide_s)
+    return {"n_actions": len(actions), "decide": decide, "learn": latency_summary(learn_s),
+            "learn_full_information": latency_summary(full_s), "model_bytes": model_bytes,
+            "decide_p50_meets_target": decide["p50_ms"] <= TARGET_DECIDE_MS}
+
+
+def run(quick: bool = False) -> dict:
+    n, warm = (500, 200) if quick else (5000, 1000)
+    results = {
+        "target_decide_ms": TARGET_DECIDE_MS,
+        "retrievers": list(RETRIEVERS),
+        "max_arms": 2,
+        "quick": quick,
+        "epsilon": _bench_policy(VWConfig(exploration="epsilon"), n, warm),
+        "squarecb": _bench_policy(VWConfig(exploration="squarecb"), n, warm),
+    }
+    write_result("bandit", results)
+    return results
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    res = run(quick=ap.parse_args().quick)
+    print(json.dumps({k: v for k, v in res.items() if k in ("epsilon", "squarecb")}, indent=1))
