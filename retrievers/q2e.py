@@ -745,6 +745,7 @@ class RedisQ2EStore:
     durability is Redis' own (AOF). Safe to share between threads and processes."""
 
     SEED_BATCH_PAIRS = 10_000
+    MAX_K = 5000
 
     def __init__(self, client: redis.Redis, config: Q2EConfig | None = None, *, prefix: str = "q2e"):
         self.client = client
@@ -815,7 +816,9 @@ class RedisQ2EStore:
         keys = query_keys(query, self.config)
         if keys is None or k <= 0:
             return None
-        return [self.prefix, keys[0], keys[1], int(k), now, self.config.max_exact_evidence, *self._cfg_args()]
+        # Lua's unpack() takes at most ~8k values; no retriever asks for more than a few hundred.
+        k = min(int(k), self.MAX_K)
+        return [self.prefix, keys[0], keys[1], k, now, self.config.max_exact_evidence, *self._cfg_args()]
 
     @staticmethod
     def _pairs(raw: Sequence[bytes | str]) -> list[tuple[str, float]]:
