@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import redis
 
 from services.catalog import Catalog
@@ -201,7 +200,8 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
     return rows
 
 
-def train_ranker_from_log(settings: Settings, log_path: Path | None, *, min_queries: int = 50) -> BuildRow:
+def train_ranker_from_log(settings: Settings, log_path: Path | None, *, min_queries: int = 50,
+                          position_eta: float | None = None) -> BuildRow:
     """Retrains the ranker from joined logs: the logged feature vectors (what serving computed)
     with cascade click labels. Records are deduplicated by search_id (the worker may append a
     record twice if it crashed between writing and checkpointing)."""
@@ -221,27 +221,15 @@ def train_ranker_from_log(settings: Settings, log_path: Path | None, *, min_quer
             records[rec["search_id"]] = rec
         except (json.JSONDecodeError, KeyError) as exc:
             raise ValueError(f"{f}:{i}: not a joined log record ({exc})") from None
-    xs, ys, ws, groups = [], [], [], []
-    for rec in records.values():
-        if rec.get("feature_names") != registry.names or not rec.get("features"):
-            continue
-        events = [(e["track_id"], e["type"], e["position"]) for e in rec.get("events", [])]
-        lab = ranker_labels.cascade_labels(rec["served"], events)
-        keep = [i for i, v in enumerate(lab.labels) if v is not None]
-        if not keep or max(lab.labels[i] for i in keep) <= 0:
-            continue
-        feats = np.array([[np.nan if v is None else v for v in rec["features"][i]] for i in keep], dtype=np.float32)
-        xs.append(feats)
-        ys.append(np.array([lab.labels[i] for i in keep]))
-        ws.append(np.array([lab.weights[i] for i in keep]))
-        groups.append(len(keep))
-    if len(groups) < min_queries:
-        raise ValueError(f"only {len(groups)} logged searches with clicks in {source}; need {min_queries}")
-    model = ranker_model.train(np.vstack(xs), np.concatenate(ys), np.array(groups), np.concatenate(ws),
-                               registry=registry)
-    model.meta.update({"source": f"click log {source}", "n_queries": len(groups)})
+    data, stats = ranker_labels.build_training_set(records.values(), registry.names, eta=position_eta)
+    n_groups = len(data.group)
+    if n_groups < min_queries:
+        raise ValueError(f"only {n_groups} logged searches with a positive label in {source} "
+                         f"({stats}); need {min_queries}")
+    model = ranker_model.train(data.X, data.y, data.group, data.weights, registry=registry)
+    model.meta.update({"source": f"click log {source}", "n_queries": n_groups})
     path = model.save(settings.models_dir / "ranker")
-    return BuildRow(f"ranker {path.name}", time.perf_counter() - t, dir_size_mb(path), len(groups), "from clicks")
+    return BuildRow(f"ranker {path.name}", time.perf_counter() - t, dir_size_mb(path), n_groups, "from clicks")
 
 
 def format_rows(rows: list[BuildRow]) -> str:

@@ -70,6 +70,10 @@ class SearchPipeline:
         self.action_records = [ActionRecord(arms=a.arms, budget=a.budget) for a in self.actions]
         self.registry = FeatureRegistry(tuple(settings.retrievers))
         self.track_cache = TrackFeatureCache()
+        # Normalize and tokenize every track once at start-up, not per search: with 300 candidates
+        # per query, per-candidate text work would dominate the ranking stage.
+        self.static = {t.track_id: _static_fields(t) for t in parts.catalog.tracks}
+        self.track_cache.warm(self._candidate_input(t.track_id) for t in parts.catalog.tracks)
         self.vocab = vocabulary(parts.catalog)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="retriever")
         self.default_policy = FixedPolicy([a for a in settings.default_arms if a in names] or names[:1])
@@ -216,16 +220,16 @@ class SearchPipeline:
         q2e_scores = self._q2e_scores(qnorm, ids)
         cands = []
         for i, tid in enumerate(ids):
-            t = self.p.catalog.by_id[tid]
             q2e = by_arm.get("q2e", {}).get(tid)
-            cands.append(CandidateInput(
-                track_id=tid, title_norm=normalize(t.title), artist_norm=normalize(t.artist),
-                album_norm=normalize(t.album), genres=t.genres + t.subgenres, popularity=t.popularity / 100.0,
-                year=t.year, retriever_scores={a: sc[tid] for a, sc in by_arm.items() if tid in sc},
+            cands.append(self._candidate_input(
+                tid, retriever_scores={a: sc[tid] for a, sc in by_arm.items() if tid in sc},
                 dense_cos=None if dense_cos is None else float(dense_cos[i]),
                 q2e_score=q2e[0] if q2e else None,
                 q2e_ctr=q2e_scores.get(tid) if q2e_scores else None))
         return ids, self.registry.featurize(QueryInput(qnorm, affinity or {}), cands, self.track_cache)
+
+    def _candidate_input(self, tid: str, **dynamic: Any) -> CandidateInput:
+        return CandidateInput(tid, *self.static[tid], **dynamic)
 
     def score(self, x: np.ndarray, ids: list[str], results: dict[str, list[Candidate]],
               served_arms: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
@@ -279,6 +283,12 @@ class SearchPipeline:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _static_fields(t: Any) -> tuple[str, str, str, tuple[str, ...], float, int | None]:
+    """CandidateInput's per-track fields, in its positional order after track_id."""
+    return (normalize(t.title), normalize(t.artist), normalize(t.album),
+            tuple(normalize(g) for g in t.genres + t.subgenres), t.popularity / 100.0, t.year)
 
 
 def policy_name(policy: Any) -> str:

@@ -220,6 +220,10 @@ class TrafficSimulator:
             return SimQuery(step, text, intent, uid, (tid,), frozenset({tid}), text != clean, clean)
         if intent in SPEARFISH_INTENTS:
             t = self._pick_track(genre, rng)
+            for _ in range(20):  # titles of only punctuation cannot be typed: ask for another track
+                if normalize(strip_version(t.title)):
+                    break
+                t = self._pick_track(genre, rng)
             title = strip_version(t.title).lower()
             artist = t.artist.lower()
             ntitle = normalize(title)
@@ -238,8 +242,8 @@ class TrafficSimulator:
             if typo:
                 text = add_typos(clean, rng, self.cfg.typo_word_rate)
                 typo = text != clean
-            if not normalize(text):  # titles of only punctuation: fall back to the artist + title
-                text = clean = f"{artist} {title}"
+            if not normalize(text):  # a misspelling cannot empty a query, but a partial of odd text can
+                text = clean = title
             return SimQuery(step, text, intent, uid, (t.track_id,), frozenset(relevant), typo, clean, genre)
         if intent == "genre":
             text = rng.choice([genre, f"{genre} music", f"best {genre} songs", f"{genre} hits"])

@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from bandit.actions import Action
+from retrievers.text import normalize
 from services import metrics
 from services.config import Settings
 from services.feedback import decode_event
@@ -138,7 +139,8 @@ class FeedbackWorker:
             weight = 0.0
             t = self.catalog.by_id.get(ev.track_id)
             if ev.user_id and t is not None:
-                genres = list(t.genres)
+                # Normalized, because the ranker's affinity feature matches normalized genre names.
+                genres = [normalize(g) for g in t.genres]
                 weight = 1.0 if is_positive(ev, self.s.reward) else -0.5
             self._apply(keys=[self.keys.applied(ev.event_id), self.keys.counts, self.keys.search_events(ev.search_id),
                               self.keys.user_genres(ev.user_id) if ev.user_id and genres else ""],
