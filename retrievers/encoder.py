@@ -128,13 +128,16 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Length-sorted batches pad little, as sentence-transformers does.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         starts = range(0, len(texts), batch_size)
         if progress:
             from tqdm import tqdm
 
             starts = tqdm(starts, desc="encode (onnx)", unit="batch")
         for s in starts:
-            out[s:s + batch_size] = self._run([clip_chars(t, self.max_tokens) for t in texts[s:s + batch_size]])
+            idx = order[s:s + batch_size]
+            out[idx] = self._run([clip_chars(texts[i], self.max_tokens) for i in idx])
         return out
 
     def _run(self, texts: list[str]) -> np.ndarray:
