@@ -44,8 +44,9 @@ class ModelHolder:
     (cheap); `load(version)` returns the model object or raises."""
 
     def __init__(self, kind: str, probe: Callable[[], str | None], load: Callable[[str], Any],
-                 initial: tuple[Any, str | None] | None = None):
+                 initial: tuple[Any, str | None] | None = None, on_change: Callable[[Any], None] | None = None):
         self.kind = kind
+        self.on_change = on_change
         self._probe = probe
         self._load = load
         self._lock = threading.Lock()
@@ -82,6 +83,8 @@ class ModelHolder:
             log.error("refusing %s model %s: %s; keeping %s", self.kind, latest, exc, self.version)
             return False
         self.set(model, latest)
+        if self.on_change is not None:
+            self.on_change(model)
         log.info("loaded %s model %s", self.kind, latest)
         return True
 

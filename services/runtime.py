@@ -186,6 +186,21 @@ def load_retrievers(settings: Settings, client: redis.Redis | None) -> tuple[dic
     return out, dense, q2e_store
 
 
+def xr_holder(settings: Settings, current: Any, on_change: Any) -> ModelHolder:
+    from retrievers.xr_linear import XRLinearRetriever
+    from retrievers.xr_linear import latest_version as xr_latest
+
+    root = settings.models_dir / "xr"
+
+    def probe() -> str | None:
+        latest = xr_latest(root)
+        return latest.name if latest is not None else None
+
+    version = f"v{current.version:04d}" if current is not None and isinstance(current.version, int) else None
+    return ModelHolder("xr", probe, lambda v: XRLinearRetriever.load(root / v), initial=(current, version),
+                       on_change=on_change)
+
+
 class Runtime:
     def __init__(self, settings: Settings, *, start_worker: bool | None = None):
         self.settings = settings
@@ -203,6 +218,7 @@ class Runtime:
         parts = Components(catalog=self.catalog, retrievers=retrievers, policy=self.policy, ranker=self.ranker,
                            q2e_store=self.q2e_store, dense=self.dense)
         self.pipeline = SearchPipeline(settings, parts, self.redis, self.keys, self.decision_log)
+        self.xr = xr_holder(settings, retrievers.get("xr"), self._swap_xr)
         self.ingest = FeedbackIngest(self.redis, self.keys, decision_ttl_s=settings.decision_ttl_s)
         self.worker = None
         self._start_worker = settings.embedded_worker if start_worker is None else start_worker
@@ -211,11 +227,14 @@ class Runtime:
                  time.perf_counter() - t, len(self.catalog), sorted(retrievers), version, self.ranker.version)
 
     def holders(self) -> list[ModelHolder]:
-        return [self.policy, self.ranker]
+        return [self.policy, self.ranker, self.xr]
+
+    def _swap_xr(self, model: Any) -> None:
+        # Retrievers are read per search from this dict, so one assignment swaps the model.
+        self.pipeline.p.retrievers["xr"] = model
 
     def xr_version(self) -> str | None:
-        xr = self.pipeline.p.retrievers.get("xr")
-        return getattr(xr, "version", None)
+        return self.xr.version
 
     def start_background(self) -> None:
         if self._start_worker and self.worker is None:
