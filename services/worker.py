@@ -267,6 +267,7 @@ class BanditLearner:
         self.policy: Any = None
         self.last_id = "0-0"
         self.since_checkpoint = 0
+        self.applied = 0  # updates applied by this process (benchmarks watch it for the lag)
         self.last_checkpoint = time.monotonic()
         self.leader = False
 
@@ -315,6 +316,7 @@ class BanditLearner:
         self.training_log.write(rec.model_dump_json())
         self.last_id = entry_id
         self.since_checkpoint += 1
+        self.applied += 1
 
     def checkpoint(self, force: bool = False) -> str | None:
         due = self.since_checkpoint >= self.s.checkpoint_every or \
