@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -37,7 +36,7 @@ def mixed_script(base: str, tmp: Path) -> Path:
     qs = query_mix(400, seed=7)
     searches = []
     for q in qs[:40]:
-        with urllib.request.urlopen(base + "/search?" + urllib.parse.urlencode({"q": q, "limit": 10})) as r:  # noqa: S310
+        with urllib.request.urlopen(base + "/search?" + urllib.parse.urlencode({"q": q, "limit": 10})) as r:
             body = json.loads(r.read())
         searches += [(body["search_id"], h["track_id"], i + 1) for i, h in enumerate(body["results"])]
     bodies = []
