@@ -1,0 +1,136 @@
+"""Renders BENCHMARKS.md from bench/results/*.json: a targets table (met or not, measured in
+which run), then one section per benchmark. Missing results say "not measured"."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, ROOT
+
+
+def load_all() -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def get(d: Any, path: str) -> Any:
+    for part in path.split("/"):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "not measured"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:.1f}"
+        return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.2f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+# (what, target text, results file, path or function, predicate on the value)
+Target = tuple[str, str, str, str | Callable[[dict[str, Any]], Any], Callable[[float], bool]]
+TARGETS: list[Target] = [
+    ("SciFact nDCG@10, lexical (tantivy BM25)", ">= 0.665", "lexical", "scifact/ndcg@10", lambda v: v >= 0.665),
+    ("SciFact nDCG@10, dense (MiniLM + faiss)", ">= 0.64", "dense", "scifact/ndcg@10", lambda v: v >= 0.64),
+    ("/search in process p50, 28k catalog", "<= 10 ms", "search", "in_process/learned_policy/p50_ms",
+     lambda v: v <= 10),
+    ("/search in process p99, 28k catalog", "<= 25 ms", "search", "in_process/learned_policy/p99_ms",
+     lambda v: v <= 25),
+    ("/search over HTTP", ">= 300 req/s", "search", "http/search/requests_per_s", lambda v: v >= 300),
+    ("/search p99 at 1M synthetic tracks", "<= 50 ms", "search", "one_million/learned_policy/p99_ms",
+     lambda v: v <= 50),
+    ("XR-Linear per query p50, 28k labels", "<= 1.25 ms", "xr", "latency_28k/p50_ms", lambda v: v <= 1.25),
+    ("bandit decide p50", "<= 0.2 ms", "bandit", "epsilon/decide/p50_ms", lambda v: v <= 0.2),
+    ("ranker featurize + predict, 300 candidates, p50", "<= 2 ms", "ranker",
+     "featurize_plus_predict_300_wall/p50_ms", lambda v: v <= 2),
+    ("bandit recall@100 vs all retrievers", ">= 0.98x", "learning", "targets/recall_ratio_vs_all",
+     lambda v: v >= 0.98),
+    ("bandit retrieval latency vs all retrievers", "<= 0.6x", "learning", "targets/latency_ratio_vs_all",
+     lambda v: v <= 0.6),
+    ("learned policy vs oracle reward", "within 3%", "learning", "targets/reward_ratio_vs_oracle",
+     lambda v: v >= 0.97),
+    ("feedback accepted over HTTP (batches of 100)", ">= 5,000 events/s", "search",
+     "http/feedback_batches_of_100/events_per_s", lambda v: v >= 5000),
+    ("load test errors (60 s, 50 connections)", "0", "load",
+     lambda r: (get(r, "load_50_connections/non_2xx") or 0) + (get(r, "load_50_connections/socket_errors") or 0)
+     if get(r, "load_50_connections") else None, lambda v: v == 0),
+]
+
+
+def targets_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = ["| what | target | measured | met | run |", "|---|---|---|---|---|"]
+    for what, target, name, path, ok in TARGETS:
+        r = results.get(name, {})
+        v = path(r) if callable(path) else get(r, path)
+        met = "—" if v is None else ("yes" if ok(float(v)) else "**no**")
+        run = get(r, "machine/date") or ""
+        rows.append(f"| {what} | {target} | {fmt(v)} | {met} | {name} {run} |")
+    return rows
+
+
+def flat(d: Any, prefix: str = "", depth: int = 0, max_depth: int = 3) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    if isinstance(d, dict) and depth < max_depth:
+        for k, v in d.items():
+            if k in ("machine", "config"):
+                continue
+            out += flat(v, f"{prefix}/{k}" if prefix else k, depth + 1, max_depth)
+    elif isinstance(d, dict):
+        out.append((prefix, ", ".join(f"{k} {fmt(v)}" for k, v in d.items() if not isinstance(v, dict | list))))
+    elif isinstance(d, list):
+        out.append((prefix, ", ".join(fmt(x) for x in d[:8]) + (" …" if len(d) > 8 else "")))
+    else:
+        out.append((prefix, fmt(d)))
+    return out
+
+
+def section(name: str, r: dict[str, Any]) -> list[str]:
+    m = r.get("machine", {})
+    lines = [f"### {name}", "",
+             f"`python -m bench.bench_{name}` — {m.get('date', '?')}, commit {m.get('commit', '?')}, "
+             f"{m.get('cpu', '?')} ({m.get('cores', '?')} cores)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in flat(r)]
+    pngs = sorted(RESULTS.glob(f"{name}*.png"))
+    lines += [""] + [f"![{p.stem}](bench/results/{p.name})" for p in pngs]
+    return [*lines, ""]
+
+
+def write_benchmarks_md(command: str = "bash bench/run.sh") -> Path:
+    results = load_all()
+    dates = sorted(get(r, "machine/date") or "" for r in results.values())
+    machine = next(iter(results.values()), {}).get("machine", {})
+    lines = [
+        "# Benchmarks", "",
+        f"Command: `{command}` (every benchmark; `--only NAME` for one). Results: `bench/results/*.json`.",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, Python {machine.get('python', '?')}. "
+        f"Runs dated {dates[0] if dates else '?'} to {dates[-1] if dates else '?'}.", "",
+        "These machines are shared and noisy: latencies are medians and high percentiles of single runs; "
+        "compare ratios measured within one run (e.g. the bandit's subsets against \"all retrievers\"), "
+        "not absolute numbers across runs. Timings never appear in pass/fail tests.", "",
+        "## Targets", "", *targets_table(results), "",
+    ]
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists():
+        lines += ["## Notes on these numbers", "", notes.read_text().strip(), ""]
+    lines += ["## Details", ""]
+    for name, r in results.items():
+        lines += section(name, r)
+    out = ROOT / "BENCHMARKS.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+if __name__ == "__main__":
+    print(write_benchmarks_md())
