@@ -145,6 +145,7 @@ class EmbeddingCache:
                 np.savez(fh, keys=keys, vectors=vecs)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared by builds run as other users
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
