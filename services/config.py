@@ -48,7 +48,7 @@ class Settings(BaseModel):
     shadow: bool = False  # run every retriever, serve the default policy, learn full-information
     default_arms: tuple[str, ...] = ("lexical", "dense")  # the fixed policy served in shadow mode / fallback
     retriever_timeout_ms: float = Field(default=80.0, gt=0)
-    rerank_depth: int = Field(default=300, ge=10, le=2000)
+    rerank_depth: int = Field(default=200, ge=10, le=2000)  # union size the ranker scores
 
     reward: RewardConfig = Field(default_factory=RewardConfig)
     decision_ttl_s: int = Field(default=3600, ge=60)  # how long a search can receive feedback

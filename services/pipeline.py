@@ -77,6 +77,7 @@ class SearchPipeline:
         self.vocab = vocabulary(parts.catalog)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="retriever")
         self.default_policy = FixedPolicy([a for a in settings.default_arms if a in names] or names[:1])
+        self.fallback_arm = "lexical" if "lexical" in names else names[0]
 
     # ---------------------------------------------------------------------------------------
     def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
@@ -107,8 +108,17 @@ class SearchPipeline:
 
         t = time.perf_counter()
         results, failed, per_ms = self._retrieve(query, run_arms, budget)
-        timings["retrieve"] = _ms(t)
         served_arms = decision.action.arms
+        if not any(results.get(a) for a in served_arms) and failed and self.fallback_arm not in run_arms:
+            # Every chosen retriever failed: answer from the fallback rather than with nothing. Its
+            # candidates are logged under its own name, so the bandit (rewarded only for items its
+            # chosen arms found) does not learn from them.
+            more, more_failed, more_ms = self._retrieve(query, (self.fallback_arm,), budget)
+            results.update(more)
+            failed += more_failed
+            per_ms.update(more_ms)
+            served_arms = (*served_arms, self.fallback_arm)
+        timings["retrieve"] = _ms(t)
         union = _union({a: results[a] for a in served_arms if a in results})
 
         t = time.perf_counter()
@@ -141,6 +151,15 @@ class SearchPipeline:
             metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
         return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
                              timings_ms=timings, decision=decision, features=feature_rows, context=context)
+
+    def warm_up(self) -> None:
+        """First calls pay for lazy loading (ONNX session, tantivy searcher, Lua scripts): make
+        them here so the first user search does not time out its retrievers."""
+        for name, r in self.p.retrievers.items():
+            try:
+                r.retrieve("warm up query", 10)
+            except Exception as exc:
+                log.warning("warm-up of %s failed: %r", name, exc)
 
     # ---------------------------------------------------------------------------------------
     def context(self, query: str, qnorm: str, *, user_id: str | None = None, ts: float | None = None,

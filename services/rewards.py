@@ -42,5 +42,16 @@ def subset_rewards(record: DecisionRecord, events: Sequence[FeedbackEvent], cfg:
     return out
 
 
+def chosen_reward(record: DecisionRecord, events: Sequence[FeedbackEvent], cfg: RewardConfig) -> float:
+    """The retrieval decision's reward: only events on items that the chosen retrievers found
+    count (the brief's "was the acted-on item in the union of the chosen retrievers"). Items a
+    fallback retriever added after the chosen ones failed earn the decision nothing."""
+    action = record.actions[record.chosen]
+    found: set[str] = set()
+    for arm in action.arms:
+        found.update(record.candidates.get(arm, [])[: action.budget])
+    return aggregate([e for e in events if e.track_id in found], cfg)
+
+
 def is_positive(event: FeedbackEvent, cfg: RewardConfig) -> bool:
     return event_reward(event, cfg) > 0

@@ -37,7 +37,7 @@ from services.feedback import decode_event
 from services.jsonl_log import JsonlWriter
 from services.keys import Keys
 from services.records import DecisionRecord, FeedbackEvent, JoinedRecord
-from services.rewards import aggregate, is_positive, subset_rewards
+from services.rewards import chosen_reward, is_positive, subset_rewards
 
 log = logging.getLogger("ltrr.worker")
 
@@ -184,7 +184,7 @@ class FeedbackWorker:
         """Rewards one search, once. Reads every applied event of the search from Redis."""
         raw = self.r.lrange(self.keys.search_events(rec.search_id), 0, -1)
         events = [FeedbackEvent.model_validate_json(x) for x in raw]
-        reward = aggregate(events, self.s.reward)
+        reward = chosen_reward(rec, events, self.s.reward)
         joined = JoinedRecord(**rec.model_dump(), events=events, reward=reward)
         payload = {"record": json.loads(joined.model_dump_json())}
         if rec.shadow:
