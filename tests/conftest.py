@@ -63,6 +63,9 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     from services.runtime import Runtime
 
     data_dir = tmp_path_factory.mktemp("ltrr-data")
+    shared_cache = os.environ.get("LTRR_TEST_EMB_CACHE")
+    if shared_cache:  # local iteration: reuse catalog embeddings across sessions (CI encodes afresh)
+        (data_dir / "embeddings").symlink_to(Path(shared_cache).resolve())
     settings = Settings(data_dir=data_dir, catalog=CATALOG_PATH, redis_url=redis_server.url,
                         embedded_worker=False, decision_ttl_s=3600, reload_check_s=0.2)
     client = redis.Redis.from_url(redis_server.url)
