@@ -190,7 +190,7 @@ def run(quick: bool = False) -> dict:
         result["query_encoding"] = encoders(lat_queries, Path(tmp) / "enc", base.torch_encoder())
     n = 100_000 if quick else 1_000_000
     result["synthetic"] = synthetic(base, n, lat_queries[:100 if quick else 200], hnsw_m=16, ef_construction=80,
-                                    ef_search=128)
+                                    ef_search=512)
     result["peak_rss_mb"] = peak_rss_mb()
     result["wall_seconds"] = time.perf_counter() - t0
     path = write_result("dense", result)

@@ -52,12 +52,15 @@ class DenseConfig:
     flat_max: int = 200_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 512  # recall@100 vs Flat on 200k resampled vectors: 0.87 at 128, 0.98 at 512 (1.6 ms)
     batch_size: int = 64
     cache_dir: str | None = None  # on-disk embedding cache shared across builds
     use_onnx: bool = True
     onnx_precision: str = "fp32"  # "fp32" or "int8"; int8 is used only if its verification passed
     onnx_threads: int = 1
+    # faiss OpenMP threads for searches. 1 for single-query serving: idle OpenMP workers spin after
+    # each search and starve the query encoder that runs next on a small machine. None: faiss default.
+    search_threads: int | None = 1
     query_cache_size: int = 4096
 
     def to_json(self) -> dict[str, object]:
@@ -287,6 +290,8 @@ class DenseRetriever:
 
     def _search(self, qvecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self.index is not None
+        if self.config.search_threads:
+            faiss.omp_set_num_threads(self.config.search_threads)
         if self.is_hnsw:
             params = faiss.SearchParametersHNSW(efSearch=max(self.config.hnsw_ef_search, k))
             return self.index.search(qvecs, k, params=params)
