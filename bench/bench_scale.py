@@ -1,11 +1,11 @@
 """/search end to end on a 1M-track synthetic catalog (target p99 <= 50 ms), in process.
 
 The synthetic catalog comes from `ltrr catalog synth` (real field distributions). Lexical is a
-real tantivy index of all 1M tracks, XR-Linear is trained on the 1M labels (title and
-artist+title pseudo-queries only, to bound training time), Q2E is seeded with the same templates.
+real tantivy index of all 1M tracks; Q2E is seeded with title and artist+title pseudo-queries.
 Dense vectors: encoding 1M synthetic texts with MiniLM would take hours on 2 CPU cores, so the
 HNSW index holds real track embeddings resampled with small noise (the faiss search cost is what
-is measured; query encoding is the real ONNX path). The ranker and bandit are the 28k cold-start
+is measured; query encoding is the real ONNX path). XR-Linear is not part of this run: its 1M
+training did not finish in 50 minutes here (see bench_xr). The ranker and bandit are the 28k cold-start
 models (same feature registry).
 
     python -m bench.bench_scale [--quick]    # --quick: 100k tracks
@@ -28,7 +28,6 @@ def build(n: int) -> tuple[object, dict[str, float]]:
     from retrievers.dense import DenseRetriever
     from retrievers.lexical import LexicalConfig, TantivyRetriever
     from retrievers.q2e import Q2EConfig, RedisQ2EStore
-    from retrievers.xr_linear import XRConfig, XRLinearRetriever
     from services.catalog import Catalog, synthesize
     from services.config import Settings
     from services.runtime import connect_redis
@@ -68,11 +67,10 @@ def build(n: int) -> tuple[object, dict[str, float]]:
     del real, dense, src, vecs
 
     templates = ("title", "artist_title")
-    t = time.perf_counter()
-    xr = XRLinearRetriever(XRConfig(pseudo_templates=templates, pseudo_moods=False))
-    xr.build(docs, progress=True)
-    xr.save(settings.models_dir / "xr")
-    times["xr_train_s"] = time.perf_counter() - t
+    # XR-Linear is left out at 1M: its cold-start training did not finish in 50 min on this
+    # 2-core machine (bench_xr). The pipeline serves the other arms; the bandit's action set
+    # shrinks to what is loaded, and the ranker sees XR's features as missing.
+    times["xr"] = "not trained at this scale (see bench_xr)"  # type: ignore[assignment]
 
     t = time.perf_counter()
     client, server = connect_redis(settings)
