@@ -17,7 +17,9 @@
    query from then on, and its context features (q2e_hit, q2e_log_evidence) say so. Every policy
    run has its own memory.
    Policies: VW learned online with bandit feedback only (decide, then learn the chosen action's
-   reward with its propensity), from a fresh model and from the cold-start model; its greedy
+   reward with its propensity), from a fresh model and from the cold-start model, with the
+   service's exploration setting, and from a fresh model with the other one (epsilon-greedy vs
+   SquareCB); its greedy
    action at each step (what it would serve with exploration off; not used for learning); each
    fixed subset; "all retrievers"; uniform random; the oracle = best subset per intent in
    hindsight; and the per-query oracle as an upper bound.
@@ -83,7 +85,8 @@ def precompute(rt: Any, n: int, seed: int, *, time_all: bool, progress: bool = T
     path = CACHE / f"learning-{n}-seed{seed}-{_fingerprint(rt.settings)}.pkl"
     if path.exists():
         with open(path, "rb") as fh:
-            return pickle.load(fh)
+            # A plain dict: a pickled class would be bound to __main__ when run with `python -m`.
+            return Precomputed(**pickle.load(fh))
     sim = TrafficSimulator(rt.catalog, seed=seed)
     queries = sim.queries(n)
     texts: dict[str, int] = {}
@@ -131,7 +134,7 @@ def precompute(rt: Any, n: int, seed: int, *, time_all: bool, progress: bool = T
                       len(timed) / max(1, len(distinct)))
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
-        pickle.dump(pre, fh)
+        pickle.dump(vars(pre), fh)
     return pre
 
 
@@ -238,8 +241,16 @@ def bandit_runs(rt: Any, pre: Precomputed, lam: float, progress: bool = True) ->
         return d.chosen, d.propensity
 
     results += simulate_policy("uniform", pre, actions, lam, uniform)
+    from bandit.policy import VWPolicy
+    from services.runtime import vw_config
+
+    # The service's configuration (from a fresh model and from the cold-start one), and SquareCB,
+    # the other exploration the settings offer (LTRR_EXPLORATION=squarecb), for comparison.
+    other = "squarecb" if rt.settings.exploration != "squarecb" else "epsilon"
+    alternative = VWPolicy(vw_config(rt.settings.model_copy(update={"exploration": other})))
     for label, policy in (("learned (fresh)", rt.bandit_store.fresh()),
-                          ("learned (cold start)", coldstart_policy(rt))):
+                          ("learned (cold start)", coldstart_policy(rt)),
+                          (f"learned (fresh, {other})", alternative)):
         if policy is None:
             continue
         rng = random.Random(SEED)

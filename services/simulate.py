@@ -48,7 +48,7 @@ from retrievers.text import normalize, strip_version
 from services.catalog import Catalog, Track
 from services.config import RewardConfig, Settings
 from services.records import EventType, FeedbackEvent
-from services.rewards import aggregate
+from services.rewards import aggregate, chosen_reward
 from services.typos import add_typos, partial
 
 log = logging.getLogger("ltrr.simulate")
@@ -347,10 +347,15 @@ class StepResult:
         return d
 
 
+def _feedback_events(events: Sequence[SimEvent], search_id: str, ts: float) -> list[FeedbackEvent]:
+    return [FeedbackEvent(event_id=f"r{i}", search_id=search_id, track_id=e.track_id, type=e.type,
+                          position=e.position, timestamp=ts + e.offset_s) for i, e in enumerate(events)]
+
+
 def sim_reward(events: Sequence[SimEvent], search_id: str, ts: float, cfg: RewardConfig) -> float:
-    fe = [FeedbackEvent(event_id=f"r{i}", search_id=search_id, track_id=e.track_id, type=e.type, position=e.position,
-                        timestamp=ts + e.offset_s) for i, e in enumerate(events)]
-    return aggregate(fe, cfg)
+    """The reward of these events as the worker aggregates them, for drivers that cannot see which
+    retriever found what (HTTP): equal to the worker's unless a fallback retriever served."""
+    return aggregate(_feedback_events(events, search_id, ts), cfg)
 
 
 def _target_rank(q: SimQuery, served: Sequence[str]) -> int | None:
@@ -403,8 +408,9 @@ class InProcessDriver:
         union: set[str] = set()
         for arm in action.arms:
             union.update(rec.candidates.get(arm, [])[: action.budget])
-        result = StepResult(q, rec.search_id, action.key, rec.propensity, list(rec.served), events,
-                            sim_reward(events, rec.search_id, rec.ts, self.s.reward), ms,
+        # The worker's reward: events on items the chosen retrievers found (not a fallback's).
+        reward = chosen_reward(rec, _feedback_events(events, rec.search_id, rec.ts), self.s.reward)
+        result = StepResult(q, rec.search_id, action.key, rec.propensity, list(rec.served), events, reward, ms,
                             target_in_union=bool(union & set(q.targets)) if q.targets else None,
                             relevant_in_union=len(union & q.relevant), target_rank=_target_rank(q, rec.served))
         if self.oracle:
