@@ -27,7 +27,6 @@ from services.api_models import (
     FeedbackAccepted,
     Health,
     ReloadResult,
-    SearchContext,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -211,8 +210,10 @@ def create_app(runtime: Any) -> FastAPI:
         debug: bool = False,
     ) -> SearchResponse:
         try:
-            req = SearchRequest(q=q, limit=limit, user_id=user_id, session_id=session_id,
-                                context=SearchContext(locale=locale, device=device), debug=debug)
+            # Validated as one document so errors name their full path (context.device).
+            req = SearchRequest.model_validate({
+                "q": q, "limit": limit, "user_id": user_id, "session_id": session_id, "debug": debug,
+                "context": {k: v for k, v in (("locale", locale), ("device", device)) if v is not None}})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
         return _do_search(req)

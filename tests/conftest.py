@@ -83,9 +83,7 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     return settings, snapshot
 
 
-@pytest.fixture()
-def fresh_redis_state(built_settings, redis_server: RedisServer) -> redis.Redis:
-    """The session Redis reset to 'just built': seeded Q2E and the cold-start bandit, no traffic."""
+def restore_built_state(built_settings, redis_server: RedisServer) -> redis.Redis:
     _, snapshot = built_settings
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
@@ -93,5 +91,28 @@ def fresh_redis_state(built_settings, redis_server: RedisServer) -> redis.Redis:
     for key, value in snapshot.items():
         pipe.restore(key, 0, value, replace=True)
     pipe.execute()
+    return client
+
+
+@pytest.fixture()
+def fresh_redis_state(built_settings, redis_server: RedisServer) -> redis.Redis:
+    """The session Redis reset to 'just built': seeded Q2E and the cold-start bandit, no traffic."""
+    client = restore_built_state(built_settings, redis_server)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_service(built_settings, redis_server: RedisServer):
+    """One runtime + HTTP client per test module (a runtime takes seconds to load), with API keys
+    configured. For tests that do not depend on Redis state left by other modules."""
+    from fastapi.testclient import TestClient
+
+    from services.api import create_app
+    from services.runtime import Runtime
+
+    settings, _ = built_settings
+    restore_built_state(built_settings, redis_server).close()
+    rt = Runtime(settings.model_copy(update={"api_keys": ("k-123", "k-456")}), start_worker=False)
+    yield rt, TestClient(create_app(rt), raise_server_exceptions=False)
+    rt.close()

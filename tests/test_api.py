@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
-
-from services.api import create_app
-from services.runtime import Runtime
 
 
 @pytest.fixture()
-def api(built_settings, fresh_redis_state):
-    settings, _ = built_settings
-    rt = Runtime(settings.model_copy(update={"api_keys": ("k-123", "k-456")}), start_worker=False)
-    yield rt, TestClient(create_app(rt), raise_server_exceptions=False)
-    rt.close()
+def api(keyed_service):
+    return keyed_service
 
 
 def test_get_and_post_search(api) -> None:

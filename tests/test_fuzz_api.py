@@ -6,12 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from services.api import create_app
-from services.runtime import Runtime
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -23,11 +19,8 @@ json_values = st.recursive(
 
 
 @pytest.fixture(scope="module")
-def client(built_settings, redis_server):
-    settings_, _ = built_settings
-    rt = Runtime(settings_.model_copy(update={"api_keys": ("fuzz-key",)}), start_worker=False)
-    yield rt, TestClient(create_app(rt), raise_server_exceptions=False)
-    rt.close()
+def client(keyed_service):
+    return keyed_service
 
 
 def assert_well_formed(r) -> None:  # type: ignore[no-untyped-def]
@@ -62,7 +55,7 @@ def test_feedback_never_5xx_and_writes_nothing_invalid(client, body) -> None:
     rt, c = client
     before = rt.redis.xlen(rt.keys.feedback_stream)
     r = c.post("/feedback", content=json.dumps(body), headers={"content-type": "application/json",
-                                                                "X-API-Key": "fuzz-key"})
+                                                                "X-API-Key": "k-123"})
     assert_well_formed(r)
     if r.status_code != 202:
         assert rt.redis.xlen(rt.keys.feedback_stream) == before
@@ -75,4 +68,4 @@ def test_feedback_never_5xx_and_writes_nothing_invalid(client, body) -> None:
     "position": st.integers(-3, 2000)}, optional={"timestamp": st.floats(allow_nan=True), "event_id": st.text()}))
 def test_feedback_events_never_5xx(client, event) -> None:
     _, c = client
-    assert_well_formed(c.post("/feedback", json=event, headers={"X-API-Key": "fuzz-key"}))
+    assert_well_formed(c.post("/feedback", json=event, headers={"X-API-Key": "k-123"}))

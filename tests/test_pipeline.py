@@ -23,11 +23,8 @@ EXACT = [
 
 
 @pytest.fixture()
-def runtime(built_settings, fresh_redis_state):
-    settings, _ = built_settings
-    rt = Runtime(settings, start_worker=False)
-    yield rt
-    rt.close()
+def runtime(keyed_service):
+    return keyed_service[0]
 
 
 def test_propensities_form_a_distribution_and_match_the_logged_choice(runtime: Runtime) -> None:
