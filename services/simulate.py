@@ -306,7 +306,9 @@ class TrafficSimulator:
                     events.append(SimEvent(tid, "play", pos, t, dwell))
                     if rng.random() < 0.1 * rel:
                         events.append(SimEvent(tid, "like", pos, t + 0.5))
-                    t += dwell / 1000.0
+                    # The play is reported when it starts (its dwell travels in dwell_ms) and the
+                    # user goes back to the list: offsets stay within the API's clock-skew window.
+                    t += 1.0 + 2.0 * rng.random()
                     if q.targets and tid in q.targets:
                         break  # found what they came for
                 else:

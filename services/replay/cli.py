@@ -253,11 +253,12 @@ def ranker_scorers(specs: Sequence[str], data_dir: Path | None) -> dict[str, Any
     return out
 
 
-def intents_from_steps(log: BanditLog, directory: Path) -> list[str | None] | None:
-    """Query intents of simulated traffic (sim-steps-*.jsonl written by `ltrr simulate` next to
-    the joined logs), joined by search id; None when there is no such file."""
+def intents_from_steps(log: BanditLog, where: Sequence[Path]) -> list[str | None] | None:
+    """Query intents of simulated traffic (sim-steps-*.jsonl written by `ltrr simulate`, in the
+    given files or directories), joined by search id; None when there is no such file."""
     by_id: dict[str, str] = {}
-    for f in sorted(directory.glob("sim-steps-*.jsonl")):
+    files = [f for w in where for f in (sorted(w.glob("sim-steps-*.jsonl")) if w.is_dir() else [w]) if f.is_file()]
+    for f in files:
         with open(f, encoding="utf-8") as fh:
             for line in fh:
                 try:
@@ -291,7 +292,7 @@ def print_results(results: Sequence[PolicyResult]) -> None:
 def run(log_path: str | Path, policies: Sequence[str], *, estimators: str = "ips,snips,dm,dr,replay",
         clip: float | None = None, report: str | Path | None = None, data_dir: Path | None = None,
         greedy: bool = False, rankers: Sequence[str] = (), skip_bad: bool = False, n_bootstrap: int = 1000,
-        seed: int = 0) -> tuple[list[PolicyResult], Path | None]:
+        seed: int = 0, steps: Sequence[str | Path] = ()) -> tuple[list[PolicyResult], Path | None]:
     if clip is not None and not clip > 0:
         raise ReplayError("--clip must be positive")
     ests = make_estimators(estimators, clip)
@@ -313,7 +314,7 @@ def run(log_path: str | Path, policies: Sequence[str], *, estimators: str = "ips
     dists = {name: policy_action_dist(log, pol) for name, pol in named.items() if not isinstance(pol, LoggingPolicy)}
     plot_log = log
     src = Path(log_path)
-    intents = intents_from_steps(log, src if src.is_dir() else src.parent)
+    intents = intents_from_steps(log, [src if src.is_dir() else src.parent, *(Path(x) for x in steps)])
     if intents is not None:
         # The intent goes into a copy used for the share plot only: policies never see it.
         plot_log = replace(log, contexts=[{**c, "intent": it or "unknown"} for c, it in
@@ -348,6 +349,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--greedy", action="store_true", help="evaluate bandit models greedily (no exploration)")
     p.add_argument("--ranker", action="append", default=[],
                    help="ranker version (ranker-vNNNN or latest) to compare on the logged lists (repeatable)")
+    p.add_argument("--steps", action="append", default=[],
+                   help="sim-steps-*.jsonl file or directory from `ltrr simulate` (query intents for the share plot; "
+                        "default: looked for next to --log)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) bad log lines instead of stopping")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--seed", type=int, default=0)
@@ -361,6 +365,6 @@ def main(args: argparse.Namespace) -> None:
     try:
         run(args.log, args.policy, estimators=args.estimators, clip=args.clip, report=args.report,
             data_dir=Path(args.data_dir) if args.data_dir else None, greedy=args.greedy, rankers=args.ranker,
-            skip_bad=args.skip_bad, n_bootstrap=args.bootstrap, seed=args.seed)
+            skip_bad=args.skip_bad, n_bootstrap=args.bootstrap, seed=args.seed, steps=args.steps)
     except ReplayError as exc:
         raise CliError(str(exc)) from None
