@@ -234,23 +234,30 @@ def create_app(runtime: Any) -> FastAPI:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(422, "invalid_json", f"body is not valid JSON: {exc}") from None
-        events, errors = parse_feedback_body(body)
-        if events is None:
+        parsed, errors = parse_feedback_body(body)
+        if parsed is None:
             metrics.FEEDBACK_EVENTS.labels(outcome="rejected").inc()
-            raise ApiError(422, "validation_error", f"{len(errors)} invalid field(s); nothing was written", errors)
+            raise ApiError(422, "validation_error", errors[0]["message"] + "; nothing was written", errors)
+        n = len(parsed) + len({e["index"] for e in errors})
         try:
-            result = await _in_thread(runtime.ingest.ingest, events)
+            # Schema-valid events are checked against their searches too, so one response
+            # reports every bad event of the batch.
+            ready, bad = await _in_thread(lambda: runtime.ingest.validate(
+                [e for _, e in parsed], indices=[i for i, _ in parsed]))
+            errors += [e.as_dict() for e in bad]
+            if errors:
+                metrics.FEEDBACK_EVENTS.labels(outcome="rejected").inc(n)
+                n_bad = len({e["index"] for e in errors})
+                raise ApiError(422, "invalid_events", f"{n_bad} of {n} event(s) are invalid; nothing was written",
+                               sorted(errors, key=lambda e: (e["index"] is None, e["index"] or 0)))
+            accepted = await _in_thread(runtime.ingest.write, ready)
         except (redis.RedisError, OSError) as exc:
-            metrics.FEEDBACK_EVENTS.labels(outcome="unavailable").inc(len(events))
+            metrics.FEEDBACK_EVENTS.labels(outcome="unavailable").inc(n)
             log.warning("feedback refused, redis unavailable: %s", exc)
             raise ApiError(503, "unavailable", "feedback store unavailable; nothing was written, retry later",
                            headers={"Retry-After": "1"}) from None
-        if result.errors:
-            metrics.FEEDBACK_EVENTS.labels(outcome="rejected").inc(len(events))
-            raise ApiError(422, "invalid_events", f"{len(result.errors)} of {len(events)} event(s) are invalid; "
-                           "nothing was written", [e.as_dict() for e in result.errors])
-        metrics.FEEDBACK_EVENTS.labels(outcome="accepted").inc(len(result.accepted))
-        return FeedbackAccepted(accepted=len(result.accepted), event_ids=result.accepted)
+        metrics.FEEDBACK_EVENTS.labels(outcome="accepted").inc(len(accepted))
+        return FeedbackAccepted(accepted=len(accepted), event_ids=accepted)
 
     @app.get("/health", response_model=Health, tags=["ops"])
     def health() -> Health:

@@ -79,41 +79,50 @@ class FeedbackIngest:
         self.decision_ttl_s = decision_ttl_s
         self.stream_maxlen = stream_maxlen
 
-    def ingest(self, events: list[FeedbackEventIn], *, now: float | None = None) -> IngestResult:
-        """Validates every event, then writes all of them or none. Raises redis errors upward
-        (the API turns them into 503): an event is never acknowledged without the XADD."""
+    def validate(self, events: list[FeedbackEventIn], *, now: float | None = None,
+                 indices: list[int] | None = None) -> tuple[list[FeedbackEvent], list[EventError]]:
+        """Checks events against their logged searches (one pipelined round trip). `indices` are
+        the events' positions in the client's batch, for error reports."""
         now = time.time() if now is None else now
-        result = IngestResult()
+        indices = indices if indices is not None else list(range(len(events)))
         search_ids = sorted({e.search_id for e in events})
         pipe = self.r.pipeline(transaction=False)
         for sid in search_ids:
             pipe.get(self.keys.served(sid))
-        served_raw = dict(zip(search_ids, pipe.execute(), strict=True))
         served: dict[str, tuple[float, list[str]]] = {}
-        for sid, raw in served_raw.items():
+        for sid, raw in zip(search_ids, pipe.execute(), strict=True):
             if raw is not None:
                 ts, _, ids = raw.decode().partition(" ")
                 served[sid] = (float(ts), ids.split())
         ready: list[FeedbackEvent] = []
-        for i, e in enumerate(events):
+        errors: list[EventError] = []
+        for i, e in zip(indices, events, strict=True):
             err = self._check(e, served, now)
             if err:
-                result.errors.append(EventError(i, *err))
+                errors.append(EventError(i, *err))
                 continue
             ready.append(FeedbackEvent(
                 event_id=e.event_id or uuid.uuid4().hex, search_id=e.search_id, track_id=e.track_id,
                 type=e.type, position=e.position, timestamp=e.timestamp if e.timestamp is not None else now,
                 user_id=e.user_id, session_id=e.session_id, dwell_ms=e.dwell_ms))
-        if result.errors:
-            return result
+        return ready, errors
+
+    def write(self, ready: list[FeedbackEvent]) -> list[str]:
         # One MULTI/EXEC: either every event of the batch is in the stream or none is.
         pipe = self.r.pipeline(transaction=True)
         for ev in ready:
             pipe.xadd(self.keys.feedback_stream, {"e": ev.model_dump_json()}, maxlen=self.stream_maxlen,
                       approximate=True)
         pipe.execute()
-        result.accepted = [ev.event_id for ev in ready]
-        return result
+        return [ev.event_id for ev in ready]
+
+    def ingest(self, events: list[FeedbackEventIn], *, now: float | None = None) -> IngestResult:
+        """Validates every event, then writes all of them or none. Raises redis errors upward
+        (the API turns them into 503): an event is never acknowledged without the XADD."""
+        ready, errors = self.validate(events, now=now)
+        if errors:
+            return IngestResult(errors=errors)
+        return IngestResult(accepted=self.write(ready))
 
     def _check(self, e: FeedbackEventIn, served: dict[str, tuple[float, list[str]]],
                now: float) -> tuple[str, str] | None:
@@ -131,8 +140,9 @@ class FeedbackIngest:
         return None
 
 
-def parse_feedback_body(body: Any) -> tuple[list[FeedbackEventIn] | None, list[dict[str, object]]]:
-    """Accepts one event object or {"events": [...]}. Returns the events or per-event errors."""
+def parse_feedback_body(body: Any) -> tuple[list[tuple[int, FeedbackEventIn]] | None, list[dict[str, object]]]:
+    """Accepts one event or {"events": [...]}. Returns (index, event) for every schema-valid event
+    and an error per invalid field; None instead of the list when the body itself is unusable."""
     if isinstance(body, dict) and "events" in body:
         raw = body.get("events")
         if not isinstance(raw, list):
@@ -146,16 +156,16 @@ def parse_feedback_body(body: Any) -> tuple[list[FeedbackEventIn] | None, list[d
         raw = [body]
     else:
         return None, [{"index": None, "field": "body", "message": "expected an event object or {\"events\": [...]}"}]
-    events: list[FeedbackEventIn] = []
+    events: list[tuple[int, FeedbackEventIn]] = []
     errors: list[dict[str, object]] = []
     for i, item in enumerate(raw):
         try:
-            events.append(FeedbackEventIn.model_validate(item))
+            events.append((i, FeedbackEventIn.model_validate(item)))
         except ValidationError as exc:
             for err in exc.errors():
                 errors.append({"index": i, "field": ".".join(str(p) for p in err["loc"]) or "event",
                                "message": err["msg"]})
-    return (None, errors) if errors else (events, [])
+    return events, errors
 
 
 def served_value(ts: float, served: list[str]) -> str:

@@ -55,7 +55,16 @@ COLDSTART_QUERIES = int(os.environ.get("LTRR_TEST_COLDSTART_QUERIES", "1500"))
 
 
 @pytest.fixture(scope="session")
-def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
+def emb_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedding cache per session, shared by the dense tests and the built service, so the
+    catalog is encoded once. LTRR_TEST_EMB_CACHE reuses encodings across local runs; CI encodes
+    afresh."""
+    env = os.environ.get("LTRR_TEST_EMB_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("emb-cache")
+
+
+@pytest.fixture(scope="session")
+def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, emb_cache_dir: Path):
     """Settings for a data dir holding every index and cold-start model, built once per session
     with the real catalog, the real MiniLM model, real PECOS, VW and LightGBM."""
     from services.build import build_indexes, train_coldstart
@@ -63,9 +72,7 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     from services.runtime import Runtime
 
     data_dir = tmp_path_factory.mktemp("ltrr-data")
-    shared_cache = os.environ.get("LTRR_TEST_EMB_CACHE")
-    if shared_cache:  # local iteration: reuse catalog embeddings across sessions (CI encodes afresh)
-        (data_dir / "embeddings").symlink_to(Path(shared_cache).resolve())
+    (data_dir / "embeddings").symlink_to(emb_cache_dir.resolve())
     settings = Settings(data_dir=data_dir, catalog=CATALOG_PATH, redis_url=redis_server.url,
                         embedded_worker=False, decision_ttl_s=3600, reload_check_s=0.2)
     client = redis.Redis.from_url(redis_server.url)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,6 @@ from retrievers.encoder import OnnxEncoder, TorchEncoder, export_onnx, load_quer
 
 HOSTILE = ["", "   ", "\x00", "a\x00b\x00c", "x" * 10_000, "🔥🎶💃" * 3000, "’‘“”\u200b\u202e", "\ud800",
            "SELECT * FROM tracks; --", "<script>alert(1)</script>", "\n\t\r", "ab " * 4000, "日本語の歌"]
-
-
-@pytest.fixture(scope="session")
-def emb_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # LTRR_TEST_EMB_CACHE lets a developer reuse encodings across runs; CI builds from scratch.
-    env = os.environ.get("LTRR_TEST_EMB_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("emb-cache")
 
 
 @pytest.fixture(scope="session")
