@@ -42,7 +42,7 @@ class Settings(BaseModel):
     max_arms: int = Field(default=2, ge=1, le=len(RETRIEVERS))
     budgets: tuple[int, ...] = (100,)
     include_all_action: bool = True
-    exploration: Literal["epsilon", "squarecb"] = "epsilon"
+    exploration: Literal["epsilon", "squarecb"] = "squarecb"  # met the oracle/fixed-subset targets in bench_learning
     epsilon: float = Field(default=0.1, ge=0.0, le=1.0)
     latency_lambda: float = Field(default=0.05, ge=0.0)
     shadow: bool = False  # run every retriever, serve the default policy, learn full-information

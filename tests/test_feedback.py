@@ -236,7 +236,8 @@ def _mass(rt: Runtime, queries: list[str], arm: str) -> float:
 
 def test_bandit_learns_from_clicks_that_one_retriever_alone_finds(built_settings, fresh_redis_state) -> None:
     settings, _ = built_settings
-    cfg = settings.model_copy(update={"epsilon": 0.5, "checkpoint_every": 10, "retriever_timeout_ms": 2000,
+    cfg = settings.model_copy(update={"exploration": "epsilon", "epsilon": 0.5, "checkpoint_every": 10,
+                                      "retriever_timeout_ms": 2000,
                                       "reward": settings.reward.model_copy(update={"join_window_s": 0.05})})
     rt = Runtime(cfg, start_worker=False)
     client = TestClient(create_app(rt))
