@@ -240,6 +240,13 @@ def test_bandit_learns_from_clicks_that_one_retriever_alone_finds(built_settings
                                       "retriever_timeout_ms": 2000,
                                       "reward": settings.reward.model_copy(update={"join_window_s": 0.05})})
     rt = Runtime(cfg, start_worker=False)
+    # Start from an untrained policy of this test's configuration: the cold-start model was
+    # trained with the service default (SquareCB) and would make "before" depend on it.
+    from bandit.policy import VWPolicy
+    from services.runtime import vw_config
+
+    rt.bandit_store.publish(VWPolicy(vw_config(cfg)), "0-0")
+    assert rt.policy.refresh()
     client = TestClient(create_app(rt))
     worker = make_worker(rt)
     try:
