@@ -27,8 +27,15 @@ class TextFormatter(logging.Formatter):
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 
+def _not_library_chatter(record: logging.LogRecord) -> bool:
+    # onnxruntime's quantizer logs hundreds of INFO lines through the root logger during the
+    # one-time ONNX export; they say nothing a user can act on.
+    return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+
+
 def setup_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_not_library_chatter)
     handler.setFormatter(JsonFormatter() if json_logs else
                          TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
