@@ -11,16 +11,12 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.bench_search import _wait_http, _wrk, ensure_built, query_mix
-from bench.common import CACHE, ROOT, write_result
+from bench.bench_search import _wrk, ensure_built, query_mix, served_api
+from bench.common import write_result
 
 KEY = "bench-load-key"
 
@@ -64,14 +60,7 @@ def run(quick: bool = False) -> dict[str, object]:
         write_result("load", res)
         return res
     ensure_built(2000 if quick else 6000)
-    port = 19000 + os.getpid() % 1000
-    env = {**os.environ, "LTRR_DATA_DIR": str(CACHE / "var"), "LTRR_PORT": str(port), "LTRR_LOG_LEVEL": "WARNING",
-           "LTRR_API_KEYS": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve"], env=env, cwd=ROOT)
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_http(base + "/health")
+    with served_api(19000 + os.getpid() % 1000, LTRR_API_KEYS=KEY) as (base, proc, tmp):
         script = mixed_script(base, tmp)
         _wrk(base, script, 5, 8)  # warm caches before the RSS baseline
         rss_before = rss_mb(proc.pid)
@@ -84,13 +73,6 @@ def run(quick: bool = False) -> dict[str, object]:
                "soak": soak, "rss_mb": {"before": rss_before, "after_load": rss_after_load,
                                         "after_soak": rss_after_soak},
                "rss_growth_during_soak_mb": rss_after_soak - rss_after_load}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
     write_result("load", res)
     return res
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,28 @@ def _wait_http(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"server did not come up at {url}")
 
 
+
+@contextlib.contextmanager
+def served_api(port: int, **env_extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """`ltrr serve` on the bench data dir in a subprocess, up and healthy: yields (base URL,
+    process, a scratch dir), and stops the server and removes the dir afterwards."""
+    env = {**os.environ, "LTRR_DATA_DIR": str(CACHE / "var"), "LTRR_PORT": str(port),
+           "LTRR_LOG_LEVEL": "WARNING", **env_extra}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve"], env=env, cwd=ROOT)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(base + "/health")
+        yield base, proc, tmp
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _wrk(url: str, script: Path, seconds: int, conns: int) -> dict[str, float]:
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
@@ -157,13 +181,7 @@ def over_http(seconds: int) -> dict[str, object]:
     import urllib.parse
     import urllib.request
 
-    port = 18000 + os.getpid() % 1000
-    env = {**os.environ, "LTRR_DATA_DIR": str(CACHE / "var"), "LTRR_PORT": str(port), "LTRR_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve"], env=env, cwd=ROOT)
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_http(base + "/health")
+    with served_api(18000 + os.getpid() % 1000) as (base, _, tmp):
         qs = query_mix(500, seed=1)
         paths = ",".join(json.dumps("/search?" + urllib.parse.urlencode({"q": q, "limit": 10})) for q in qs)
         (tmp / "search.lua").write_text(
@@ -191,13 +209,6 @@ def over_http(seconds: int) -> dict[str, object]:
         fb = _wrk(base, tmp / "feedback.lua", max(5, seconds // 2), 8)
         fb["events_per_s"] = fb["requests_per_s"] * 100
         return {"search": search, "feedback_batches_of_100": fb}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(quick: bool = False, http: bool = True) -> dict[str, object]:
