@@ -79,18 +79,7 @@ class RedisServer:
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      preexec_fn=_die_with_parent if self.tied_to_parent else None)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis.log'}") from None
-                time.sleep(0.05)
-            except redis.BusyLoadingError:
-                time.sleep(0.05)
+        wait_ready(redis.Redis.from_url(self.url), self.proc, timeout, self.data_dir)
         log.info("started redis-server pid %d on %s (data in %s)", self.proc.pid, self.url, self.data_dir)
         return self
 
@@ -114,3 +103,27 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_ready(client: redis.Redis, proc: subprocess.Popen[bytes], timeout: float, data_dir: Path) -> None:
+    """Blocks until the server answers PING. `timeout` bounds the wait for the port only: once
+    the server answers LOADING it is alive and replaying its AOF, which takes as long as it
+    takes (about a second per 100 MB), and giving up then would refuse to start a healthy server."""
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.BusyLoadingError:
+            # Caught before ConnectionError, which redis-py makes its base class.
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited while loading; see {data_dir / 'redis.log'}") from None
+            if not announced:
+                log.info("redis-server is loading its append-only file from %s ...", data_dir)
+                announced = True
+            time.sleep(0.05)
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {data_dir / 'redis.log'}") from None
+            time.sleep(0.05)
