@@ -312,10 +312,12 @@ class DenseRetriever:
         if not live:
             return results
         scores, rows = self._search(np.stack([vecs[i] for i in live]).astype(np.float32, copy=False), k)
+        ids = self.ids
         for j, i in enumerate(live):
-            results[i] = [Candidate(track_id=self.ids[r], score=float(s), rank=n)
-                          for n, (r, s) in enumerate(((r, s) for r, s in zip(rows[j], scores[j], strict=True)
-                                                      if r >= 0), start=1)]
+            # tolist() first: per-element numpy indexing costs ~1 us each, 100 per query.
+            results[i] = [Candidate(track_id=ids[r], score=s, rank=n)
+                          for n, (r, s) in enumerate(((r, s) for r, s in zip(rows[j].tolist(), scores[j].tolist(),
+                                                                             strict=True) if r >= 0), start=1)]
         return results
 
     # --- persistence --------------------------------------------------------------------------
