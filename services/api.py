@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -268,7 +268,7 @@ def create_app(runtime: Any) -> FastAPI:
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def prometheus() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload", response_model=ReloadResult, responses=ERRORS, tags=["admin"],
               dependencies=[Depends(require_key)])
@@ -285,3 +285,15 @@ async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(fn, *args)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's app factory for `ltrr serve` with several worker processes: each one builds its
+    own Runtime from the LTRR_* environment that the parent exported."""
+    from services.config import Settings
+    from services.logging_setup import setup_logging
+    from services.runtime import Runtime
+
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, json_logs=settings.log_json)
+    return create_app(Runtime(settings))

@@ -35,6 +35,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["port"] = args.port
     if getattr(args, "backend", None):
         overrides["backend"] = args.backend
+    if getattr(args, "workers", None) is not None:
+        overrides["workers"] = args.workers
     s = Settings.from_env(**overrides)
     if not Path(s.catalog).exists():
         raise CliError(f"catalog not found: {s.catalog}")
@@ -156,15 +158,52 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    s = _settings(args)
+    if not s.api_keys:
+        log.warning("LTRR_API_KEYS is not set: /feedback and /admin are open. Set keys before exposing this.")
+    if s.workers > 1:
+        _serve_workers(s)
+        return
     from services.api import create_app
     from services.runtime import Runtime
 
-    s = _settings(args)
     rt = Runtime(s)
-    if not s.api_keys:
-        log.warning("LTRR_API_KEYS is not set: /feedback and /admin are open. Set keys before exposing this.")
     print(f"ltrr serving on http://{s.host}:{s.port}  (docs: http://{s.host}:{s.port}/docs)", flush=True)
     uvicorn.run(create_app(rt), host=s.host, port=s.port, log_config=None, access_log=False)
+
+
+def _serve_workers(s: Settings) -> None:
+    """Several uvicorn worker processes on one port, sharing one Redis: the embedded default's
+    redis-server is started here, in the parent, so that every worker sees the same feedback,
+    Q2E memory and bandit checkpoints. Each worker runs a feedback consumer of its own (events
+    are split by the consumer group; one of them holds the bandit-learning lease) and hot-reloads
+    models like any replica. Settings reach the workers through the environment."""
+    import shutil
+
+    import uvicorn
+
+    from services.metrics import MULTIPROC_ENV
+    from services.redis_server import RedisServer
+
+    server = None
+    env = {"LTRR_DATA_DIR": str(s.data_dir), "LTRR_CATALOG": str(s.catalog), "LTRR_HOST": s.host,
+           "LTRR_PORT": str(s.port), "LTRR_BACKEND": s.backend, "LTRR_LOG_LEVEL": s.log_level}
+    if not s.redis_url:
+        server = RedisServer(s.redis_dir).start()
+        env["REDIS_URL"] = server.url
+    prom = s.data_dir / "prometheus-multiproc"
+    shutil.rmtree(prom, ignore_errors=True)  # samples of a previous run's processes would be summed in
+    prom.mkdir(parents=True)
+    env[MULTIPROC_ENV] = str(prom)
+    os.environ.update(env)
+    print(f"ltrr serving on http://{s.host}:{s.port} with {s.workers} worker processes "
+          f"(docs: http://{s.host}:{s.port}/docs)", flush=True)
+    try:
+        uvicorn.run("services.api:app_from_env", factory=True, workers=s.workers, host=s.host, port=s.port,
+                    log_config=None, access_log=False)
+    finally:
+        if server:
+            server.stop()
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -296,12 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(sv)
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
+    sv.add_argument("--workers", type=int, help="API worker processes (default LTRR_WORKERS or 1)")
     sv.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="build what is missing, train cold-start models, serve")
     common(up)
     up.add_argument("--host")
     up.add_argument("--port", type=int)
+    up.add_argument("--workers", type=int, help="API worker processes (default LTRR_WORKERS or 1)")
     up.add_argument("--rebuild", action="store_true", help="rebuild and retrain everything")
     up.add_argument("--queries", type=int, default=6000, help="cold-start training queries")
     up.add_argument("--skip-bad-rows", action="store_true")

@@ -35,6 +35,9 @@ class Settings(BaseModel):
     opensearch_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # API worker processes. Python runs one search at a time per process (the GIL), so throughput
+    # scales with processes, each holding its own copy of the indexes and models.
+    workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -49,6 +52,10 @@ class Settings(BaseModel):
     default_arms: tuple[str, ...] = ("lexical", "dense")  # the fixed policy served in shadow mode / fallback
     retriever_timeout_ms: float = Field(default=80.0, gt=0)
     rerank_depth: int = Field(default=200, ge=10, le=2000)  # union size the ranker scores
+    # Query encoder precision for the embedded dense arm. int8 measured 2.5x faster than fp32 with
+    # the same quality (SciFact nDCG@10 0.647 vs 0.645, dev playlists 0.078 vs 0.078; bench_dense);
+    # it is used only if its export passed verification, else fp32.
+    query_encoder: Literal["int8", "fp32"] = "int8"
 
     reward: RewardConfig = Field(default_factory=RewardConfig)
     decision_ttl_s: int = Field(default=3600, ge=60)  # how long a search can receive feedback

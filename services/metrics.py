@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+# With `LTRR_WORKERS` > 1 every API process writes its samples to PROMETHEUS_MULTIPROC_DIR (set by
+# `ltrr serve` before the workers start) and /metrics sums them over processes; otherwise a scrape
+# would see only the process that happened to answer it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -18,5 +25,15 @@ WORKER_EVENTS = Counter("ltrr_worker_events_total", "events applied by the worke
 FEEDBACK_LAG = Histogram("ltrr_feedback_lag_seconds", "from 202 (stream id time) to bandit updated",
                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800))
 ERRORS = Counter("ltrr_errors_total", "handled errors by kind", ["kind"])
-MODEL_VERSION = Gauge("ltrr_model_version_info", "loaded model versions", ["kind", "version"])
+MODEL_VERSION = Gauge("ltrr_model_version_info", "loaded model versions", ["kind", "version"],
+                      multiprocess_mode="liveall")  # per live process: replicas may briefly differ
 HTTP_REQUESTS = Counter("ltrr_http_requests_total", "HTTP requests", ["route", "status"])
+
+
+def render() -> bytes:
+    """The /metrics body: this process's registry, or the sum over every API worker process."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()

@@ -119,12 +119,13 @@ class SearchPipeline:
             per_ms.update(more_ms)
             served_arms = (*served_arms, self.fallback_arm)
         timings["retrieve"] = _ms(t)
-        union = _union({a: results[a] for a in served_arms if a in results})
 
         t = time.perf_counter()
+        union = _union({a: results[a] for a in served_arms if a in results})
         ids, feats = self.featurize(qnorm, query, [tid for tid, _ in union], results, affinity, served_arms)
         scores, order = self.score(feats, ids, results, served_arms)
         timings["rank"] = _ms(t)
+        t = time.perf_counter()
         top = order[:limit]
         served = [ids[i] for i in top]
         arms_of = dict(union)
@@ -143,6 +144,7 @@ class SearchPipeline:
             features=[[None if math.isnan(v) else round(float(v), 6) for v in row] for row in feature_rows]
             if feature_rows is not None else [],
         )
+        timings["record"] = _ms(t)
         t = time.perf_counter()
         self._log_decision(record, now)
         timings["log"] = _ms(t)

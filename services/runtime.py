@@ -171,7 +171,7 @@ def load_retrievers(settings: Settings, client: redis.Redis | None) -> tuple[dic
     if "lexical" in wanted and (idx / "lexical").exists():
         out["lexical"] = TantivyRetriever.load(idx / "lexical")
     if "dense" in wanted and (idx / "dense").exists():
-        dense = DenseRetriever.load(idx / "dense")
+        dense = DenseRetriever.load(idx / "dense", config_overrides={"onnx_precision": settings.query_encoder})
         out["dense"] = dense
     if "xr" in wanted:
         latest = xr_latest(settings.models_dir / "xr")

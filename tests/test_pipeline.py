@@ -114,3 +114,18 @@ def test_the_action_set_covers_every_subset_up_to_max_arms(runtime: Runtime) -> 
     keys = {a.key for a in runtime.pipeline.actions}
     assert len(runtime.pipeline.actions) == 4 + 6 + 1  # singles, pairs, "all"
     assert Action(("lexical", "dense", "xr", "q2e"), 100).key in keys
+
+
+def test_serving_uses_the_configured_query_encoder_precision(runtime: Runtime, built_settings) -> None:
+    # The built index's encoder export verified int8 (conftest builds it), so the default serves int8;
+    # LTRR_QUERY_ENCODER=fp32 switches back without rebuilding anything.
+    settings, _ = built_settings
+    assert settings.query_encoder == "int8"
+    assert getattr(runtime.pipeline.p.retrievers["dense"].query_encoder, "precision", None) == "int8"
+    from retrievers.dense import DenseRetriever
+
+    fp32 = DenseRetriever.load(settings.index_dir / "dense", config_overrides={"onnx_precision": "fp32"})
+    assert fp32.query_encoder.precision == "fp32"
+    q = "taylor swift love story"
+    assert [c.track_id for c in fp32.retrieve(q, 5)][:1] == \
+        [c.track_id for c in runtime.pipeline.p.retrievers["dense"].retrieve(q, 5)][:1]
