@@ -25,12 +25,13 @@ from bench.common import (
     ndcg_at_k,
     peak_rss_mb,
     recall_at_k,
+    synthetic_catalog,
     time_each,
     write_result,
 )
 from retrievers.base import Document
 from retrievers.lexical import LexicalConfig, TantivyRetriever
-from services.catalog import Catalog, synthesize
+from services.catalog import Catalog
 
 CATALOG = ROOT / "data" / "tracks.csv.gz"
 
@@ -115,9 +116,7 @@ def music(work: Path, n_latency: int) -> tuple[dict[str, object], Catalog, list[
 
 
 def scale(work: Path, real: Catalog, topics: list[str], n_tracks: int, n_latency: int) -> dict[str, object]:
-    csv_path = CACHE / f"synthetic_{n_tracks}.csv"
-    if not csv_path.exists():
-        synthesize(real, n_tracks, csv_path)
+    csv_path = synthetic_catalog(n_tracks)
     t = time.perf_counter()
     big = Catalog.load(csv_path)
     load_s = time.perf_counter() - t

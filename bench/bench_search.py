@@ -174,14 +174,14 @@ def _wrk(url: str, script: Path, seconds: int, conns: int) -> dict[str, float]:
             "seconds": seconds, "connections": conns}
 
 
-def over_http(seconds: int) -> dict[str, object]:
+def over_http(seconds: int, workers: int = 1) -> dict[str, object]:
     if shutil.which("wrk") is None:
         return {"skipped": "wrk not installed (apt-get install wrk)"}
     import json
     import urllib.parse
     import urllib.request
 
-    with served_api(18000 + os.getpid() % 1000) as (base, _, tmp):
+    with served_api(18000 + os.getpid() % 1000, LTRR_WORKERS=str(workers)) as (base, _, tmp):
         qs = query_mix(500, seed=1)
         paths = ",".join(json.dumps("/search?" + urllib.parse.urlencode({"q": q, "limit": 10})) for q in qs)
         (tmp / "search.lua").write_text(
@@ -208,14 +208,18 @@ def over_http(seconds: int) -> dict[str, object]:
             "  return wrk.format(nil, '/feedback', nil, bodies[(i % #bodies) + 1])\nend\n")
         fb = _wrk(base, tmp / "feedback.lua", max(5, seconds // 2), 8)
         fb["events_per_s"] = fb["requests_per_s"] * 100
-        return {"search": search, "feedback_batches_of_100": fb}
+        return {"workers": workers, "search": search, "feedback_batches_of_100": fb}
 
 
 def run(quick: bool = False, http: bool = True) -> dict[str, object]:
     ensure_built(2000 if quick else 6000)
     res: dict[str, object] = {"catalog_tracks": 28356, "in_process": in_process(300 if quick else 2000)}
     if http:
-        res["http"] = over_http(10 if quick else 30)
+        # One API process per core (LTRR_WORKERS) and, for comparison, a single process.
+        cores = os.cpu_count() or 1
+        res["http"] = over_http(10 if quick else 30, workers=cores)
+        if cores > 1:
+            res["http_one_worker"] = over_http(10 if quick else 30, workers=1)
     write_result("search", res)
     return res
 

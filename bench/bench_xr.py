@@ -18,6 +18,7 @@ import dataclasses
 import multiprocessing as mp
 import random
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from bench.common import (
     ndcg_at_k,
     peak_rss_mb,
     recall_at_k,
+    synthetic_catalog,
     time_each,
     write_result,
 )
@@ -129,13 +131,16 @@ def _scifact() -> dict[str, object]:
             "reference": "BEIR BM25 nDCG@10 0.665 (XR-Linear only knows docs through the pseudo-queries)"}
 
 
-def _scale_child(n: int, out: mp.Queue) -> None:
-    from services.catalog import Catalog, synthesize
+def scale_model_dir(n: int) -> Path:
+    """Where the n-label scale model is kept after the run: bench_scale serves it at 1M."""
+    return CACHE / f"xr_{n}"
 
-    path = CACHE / f"synth_{n}.csv"
+
+def _scale_child(n: int, out: mp.Queue) -> None:
+    from services.catalog import Catalog
+
     t = time.perf_counter()
-    if not path.exists():
-        synthesize(Catalog.load(CATALOG), n, path, progress=False)
+    path = synthetic_catalog(n)
     synth_s = time.perf_counter() - t
     t = time.perf_counter()
     docs = Catalog.load(path).documents()
@@ -147,22 +152,24 @@ def _scale_child(n: int, out: mp.Queue) -> None:
     xr.train((), docs)
     train_s = time.perf_counter() - t
     rss_train = peak_rss_mb()
-    with tempfile.TemporaryDirectory() as tmp:
-        vdir = xr.save(Path(tmp) / "xr")
-        model_mb = dir_size_mb(vdir)
-        stats = dict(xr.meta)
-        seconds = dict(xr.stats.seconds)
-        del xr
-        t = time.perf_counter()
-        served = XRLinearRetriever.load(Path(tmp) / "xr")
-        load_s = time.perf_counter() - t
-        queries = _latency_queries(docs, 2000, seed=1)
-        latency = time_each(lambda q: served.retrieve(q, 100), queries)
-        # Self-retrieval sanity: a typo'd "artist title" finds its own track.
-        sample = random.Random(2).sample(docs, 300)
-        rng = random.Random(3)
-        hit = np.mean([d.doc_id in [c.track_id for c in served.retrieve(
-            _typo(f"{d.fields['artist']} {d.fields['title']}".lower(), rng), 10)] for d in sample])
+    keep = scale_model_dir(n)
+    shutil.rmtree(keep, ignore_errors=True)
+    vdir = xr.save(keep)
+    model_mb = dir_size_mb(vdir)
+    stats = dict(xr.meta)
+    seconds = dict(xr.stats.seconds)
+    del xr
+    # The served model: predict-only, loaded from disk the way `ltrr serve` loads it.
+    t = time.perf_counter()
+    served = XRLinearRetriever.load(keep)
+    load_s = time.perf_counter() - t
+    queries = _latency_queries(docs, 2000, seed=1)
+    latency = time_each(lambda q: served.retrieve(q, 100), queries)
+    # Self-retrieval sanity: a typo'd "artist title" finds its own track.
+    sample = random.Random(2).sample(docs, 300)
+    rng = random.Random(3)
+    hit = np.mean([d.doc_id in [c.track_id for c in served.retrieve(
+        _typo(f"{d.fields['artist']} {d.fields['title']}".lower(), rng), 10)] for d in sample])
     out.put({"n_labels": n, "templates": list(SCALE_TEMPLATES), "pairs_per_1k_docs": n_pairs,
              "synthesize_s": synth_s, "catalog_load_s": load_catalog_s, "train_s": train_s,
              "train_breakdown_s": seconds, "load_s": load_s, "model_mb": model_mb,

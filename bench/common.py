@@ -33,6 +33,17 @@ def recall_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 100) -
     return len(rel.intersection(ranked[:k])) / len(rel) if rel else 0.0
 
 
+def synthetic_catalog(n: int) -> Path:
+    """The n-track synthetic catalog every scale benchmark shares (`ltrr catalog synth`, seed 0),
+    written once: lexical, XR-Linear and /search at scale all measure the same tracks."""
+    from services.catalog import Catalog, synthesize
+
+    path = CACHE / f"synthetic_{n}.csv"
+    if not path.exists():
+        synthesize(Catalog.load(ROOT / "data" / "tracks.csv.gz"), n, path, seed=0)
+    return path
+
+
 def latency_summary(samples_s: Iterable[float]) -> dict[str, float]:
     a = np.asarray(list(samples_s)) * 1000.0
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
