@@ -109,10 +109,11 @@ class SearchPipeline:
         t = time.perf_counter()
         results, failed, per_ms = self._retrieve(query, run_arms, budget)
         served_arms = decision.action.arms
-        if not any(results.get(a) for a in served_arms) and failed and self.fallback_arm not in run_arms:
-            # Every chosen retriever failed: answer from the fallback rather than with nothing. Its
-            # candidates are logged under its own name, so the bandit (rewarded only for items its
-            # chosen arms found) does not learn from them.
+        if not any(results.get(a) for a in served_arms) and self.fallback_arm not in run_arms:
+            # Every chosen retriever failed or found nothing (Q2E has no memory of a new query, XR
+            # knows none of its n-grams): answer from the fallback rather than with nothing. Its
+            # candidates are logged under its own name and the bandit is rewarded only for items
+            # its chosen arms found, so the empty choice earns 0 and is learned as such.
             more, more_failed, more_ms = self._retrieve(query, (self.fallback_arm,), budget)
             results.update(more)
             failed += more_failed

@@ -129,3 +129,25 @@ def test_serving_uses_the_configured_query_encoder_precision(runtime: Runtime, b
     q = "taylor swift love story"
     assert [c.track_id for c in fp32.retrieve(q, 5)][:1] == \
         [c.track_id for c in runtime.pipeline.p.retrievers["dense"].retrieve(q, 5)][:1]
+
+
+def test_a_chosen_arm_that_finds_nothing_falls_back_to_lexical(keyed_service, fresh_redis_state) -> None:
+    # A fresh deployment's Q2E memory knows no queries yet: a q2e-only choice must not serve an
+    # empty page. The fallback's items are logged under its own name, outside the chosen action.
+    from bandit.policy import FixedPolicy
+
+    rt = keyed_service[0]
+    for key in fresh_redis_state.scan_iter(match="ltrr:q2e*"):
+        fresh_redis_state.delete(key)
+    holder = rt.policy
+    saved = holder.current()
+    holder.set(FixedPolicy(("q2e",)), "fixed-q2e")
+    try:
+        out = rt.pipeline.search("ed sheeran shape of you", 10)
+    finally:
+        holder.set(saved, getattr(saved, "version", None))
+    rec = out.record
+    assert tuple(rec.actions[rec.chosen].arms) == ("q2e",)
+    assert rec.candidates.get("q2e") == []
+    assert rec.served and rec.candidates["lexical"]
+    assert all(arms == ["lexical"] for arms in out.found_by.values())
