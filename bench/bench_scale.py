@@ -93,14 +93,14 @@ def build(n: int) -> tuple[object, dict[str, float]]:
 
 def _xr_model(n: int, docs: list, dest: Path) -> str:
     """Puts a 1M-label XR-Linear model under dest: bench_xr's, if it was trained on this catalog."""
-    from bench.bench_xr import SCALE_TEMPLATES, scale_model_dir
-    from retrievers.xr_linear import XRConfig, XRLinearRetriever, latest_version
+    from bench.bench_xr import SCALE_CONFIG, scale_model_dir
+    from retrievers.xr_linear import XRLinearRetriever, latest_version
 
     found = latest_version(scale_model_dir(n))
     if found is not None and json.loads((found / "meta.json").read_text()).get("n_labels") == len(docs):
         shutil.copytree(found, dest / found.name, dirs_exist_ok=True)
         return f"reused bench_xr model {found}"
-    xr = XRLinearRetriever(XRConfig(pseudo_templates=SCALE_TEMPLATES, pseudo_moods=False))
+    xr = XRLinearRetriever(SCALE_CONFIG)
     xr.train((), docs, progress=True)
     xr.save(dest)
     return "trained here"
