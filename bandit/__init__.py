@@ -6,7 +6,6 @@ retrievers/ or ranker/.
 
 from bandit.actions import Action, action_features, enumerate_actions
 from bandit.arm_stats import ArmStats
-from bandit.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
 from bandit.context import CONTEXT_FEATURES, build_context, render_shared
 from bandit.policy import (
     CostModel,
@@ -23,7 +22,6 @@ __all__ = [
     "CONTEXT_FEATURES",
     "Action",
     "ArmStats",
-    "CheckpointError",
     "CostModel",
     "Decision",
     "FixedPolicy",
@@ -34,10 +32,7 @@ __all__ = [
     "action_features",
     "build_context",
     "enumerate_actions",
-    "load_checkpoint",
-    "load_latest",
     "render_shared",
-    "save_checkpoint",
     "subset_latencies",
     "subset_rewards",
 ]

@@ -73,7 +73,7 @@ def run(quick: bool = False) -> dict[str, object]:
             rt.ingest.ingest(events[i:i + 1000])
         ingest_s = time.perf_counter() - t
         worker = FeedbackWorker(settings, rt.redis, rt.keys, q2e_store=rt.q2e_store, catalog=rt.catalog,
-                                policy_factory=rt.bandit_store, consumer="bench")
+                                bandit_store=rt.bandit_store, consumer="bench")
         worker.learner = BanditLearner(settings, rt.redis, rt.keys, rt.bandit_store, worker.training_log)
         t = time.perf_counter()
         while worker.run_once(block_ms=10):

@@ -274,12 +274,9 @@ def bandit_runs(rt: Any, pre: Precomputed, lam: float, progress: bool = True) ->
 
 def coldstart_policy(rt: Any) -> Any:
     """The cold-start bandit (the latest version trained from the catalog, not from traffic)."""
-    from services.models import versions_in
-
     store = rt.bandit_store
-    for v in reversed(versions_in(store.dir, "bandit")):
-        meta = store.dir / f"bandit-{v}.json"
-        if meta.exists() and "cold-start" in json.loads(meta.read_text()).get("source", ""):
+    for v in reversed(store.store.versions()):
+        if "cold-start" in str(store.store.manifest(v)["meta"].get("source", "")):
             return store.load(v)
     return None
 
@@ -452,6 +449,7 @@ def ranker_part(n_train: int, n_eval: int, progress: bool = True) -> dict[str, A
     """Ranker trained on simulated clicks vs the cold-start ranker vs single retrievers' orders."""
     from bench.bench_search import bench_settings
     from ranker import model as ranker_model
+    from services.artifacts import ArtifactStore
     from services.build import train_ranker_from_log
     from services.runtime import Runtime
     from services.simulate import TrafficSimulator
@@ -461,12 +459,13 @@ def ranker_part(n_train: int, n_eval: int, progress: bool = True) -> dict[str, A
     data = _copy_data_dir(base.data_dir)
     try:
         s = base.model_copy(update={"data_dir": data, "checkpoint_every": 500})
-        cold_path = ranker_model.latest_version(s.models_dir / "ranker")
+        rankers = ArtifactStore(s.models_dir / "ranker", "ranker")
+        cold_path = rankers.path(rankers.latest())
         t = time.perf_counter()
         results, _, _ = simulate(s, n_train, seed=SEED + 1, progress=progress)
         t_sim = time.perf_counter() - t
         row = train_ranker_from_log(s, s.logs_dir)
-        learned_path = ranker_model.latest_version(s.models_dir / "ranker")
+        learned_path = rankers.path(rankers.latest())
         rt = Runtime(s, start_worker=False)
         try:
             registry = rt.pipeline.registry

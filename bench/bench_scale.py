@@ -94,15 +94,20 @@ def build(n: int) -> tuple[object, dict[str, float]]:
 def _xr_model(n: int, docs: list, dest: Path) -> str:
     """Puts a 1M-label XR-Linear model under dest: bench_xr's, if it was trained on this catalog."""
     from bench.bench_xr import SCALE_CONFIG, scale_model_dir
-    from retrievers.xr_linear import XRLinearRetriever, latest_version
+    from retrievers.xr_linear import XRLinearRetriever
+    from services.artifacts import MANIFEST, ArtifactStore
 
-    found = latest_version(scale_model_dir(n))
-    if found is not None and json.loads((found / "meta.json").read_text()).get("n_labels") == len(docs):
-        shutil.copytree(found, dest / found.name, dirs_exist_ok=True)
-        return f"reused bench_xr model {found}"
+    cache, store = ArtifactStore(scale_model_dir(n), "xr"), ArtifactStore(dest, "xr")
+    found = cache.latest()
+    if found is not None and json.loads((cache.path(found) / "meta.json").read_text()).get("n_labels") == len(docs):
+        cache.verify(found)
+        src = cache.path(found)
+        store.publish(lambda d: shutil.copytree(src, d, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST)),
+                      {"copied_from": str(src)}, promote=True, report={"reason": "bench: reused bench_xr model"})
+        return f"reused bench_xr model {src}"
     xr = XRLinearRetriever(SCALE_CONFIG)
     xr.train((), docs, progress=True)
-    xr.save(dest)
+    store.publish(xr.write, {"n_labels": len(docs)}, promote=True, report={"reason": "bench: cold start"})
     return "trained here"
 
 

@@ -35,13 +35,13 @@ def bench_settings():  # type: ignore[no-untyped-def]
 
 def ensure_built(queries: int = 6000) -> None:
     """Builds the bench data dir once (indexes + cold-start models), reused across runs."""
-    from ranker.model import latest_version
+    from services.artifacts import ArtifactStore
     from services.build import build_indexes, train_coldstart
     from services.catalog import Catalog
     from services.runtime import Runtime, connect_redis
 
     s = bench_settings()
-    if latest_version(s.models_dir / "ranker") is not None:
+    if ArtifactStore(s.models_dir / "ranker", "ranker").versions():
         return
     client, server = connect_redis(s)
     try:

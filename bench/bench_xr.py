@@ -41,6 +41,7 @@ from bench.common import (
 from retrievers.base import Document
 from retrievers.pseudo_queries import generate_all
 from retrievers.xr_linear import XRConfig, XRLinearRetriever
+from services.artifacts import ArtifactStore
 
 CATALOG = ROOT / "data" / "tracks.csv.gz"
 SCALE_TEMPLATES = ("title", "artist_title")
@@ -88,10 +89,13 @@ def _shipped(tmp: Path) -> dict[str, object]:
     xr = XRLinearRetriever(XRConfig())
     xr.build(docs)
     train_s = time.perf_counter() - t
-    version_dir = xr.save(tmp / "xr28k")
+    store = ArtifactStore(tmp / "xr", "xr")
+    version = store.publish(xr.write, {"bench": "xr28k"}, promote=True, report={"reason": "bench"})
+    version_dir = store.path(version)
     del xr
     t = time.perf_counter()
-    served = XRLinearRetriever.load(tmp / "xr28k")
+    store.verify(version)  # what `ltrr serve` does before PECOS reads the files
+    served = XRLinearRetriever.load(version_dir, version=version)
     load_s = time.perf_counter() - t
     queries, qrels = load_playlists()
     quality = _evaluate(served, queries, qrels)
@@ -157,14 +161,18 @@ def _scale_child(n: int, out: mp.Queue) -> None:
     rss_train = peak_rss_mb()
     keep = scale_model_dir(n)
     shutil.rmtree(keep, ignore_errors=True)
-    vdir = xr.save(keep)
+    store = ArtifactStore(keep, "xr")
+    version = store.publish(xr.write, {"n_labels": len(docs), "bench": "scale"}, promote=True,
+                            report={"reason": "bench"})
+    vdir = store.path(version)
     model_mb = dir_size_mb(vdir)
     stats = dict(xr.meta)
     seconds = dict(xr.stats.seconds)
     del xr
     # The served model: predict-only, loaded from disk the way `ltrr serve` loads it.
     t = time.perf_counter()
-    served = XRLinearRetriever.load(keep)
+    store.verify(version)
+    served = XRLinearRetriever.load(vdir, version=version)
     load_s = time.perf_counter() - t
     queries = _latency_queries(docs, 2000, seed=1)
     latency = time_each(lambda q: served.retrieve(q, 100), queries)

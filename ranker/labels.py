@@ -10,7 +10,8 @@ Labels (cascade model: the user scans top-down and stops after the last item the
   play or like, which are stronger evidence than the skip;
 - shown above the last interacted position (click, play, like, fav or skip) and not acted on = 0;
 - below the last interacted position = ignored (None): the user probably never looked there;
-- a search with no events at all carries no label information and is ignored entirely.
+- a search with no events at all carries no label information and is ignored entirely;
+- the sampled unserved candidates a search logged (`sampled_features`) are label 0.
 
 Position debiasing (inverse propensity weighting, position-based model): P(examined | position k)
 = 1 / k**eta. LightGBM's lambdarank multiplies each row's gradient and hessian by its weight, so a
@@ -137,11 +138,24 @@ def build_training_set(records: Iterable[Mapping[str, object]], feature_names: S
         if x.shape != (len(keep), d):
             st.skipped_malformed += 1
             continue
+        # Sampled unserved candidates (label 0): what serving ranked below the page. Without them
+        # the model only ever compares ten items that already looked good.
+        sampled = rec.get("sampled_features") or []
+        if sampled:
+            try:
+                xs_neg = np.array([[math.nan if v is None else v for v in row] for row in sampled],  # type: ignore[union-attr]
+                                  dtype=np.float32)
+            except (TypeError, ValueError):
+                xs_neg = np.zeros((0, d), dtype=np.float32)
+            if xs_neg.ndim == 2 and xs_neg.shape[1] == d and xs_neg.shape[0]:
+                x = np.vstack([x, xs_neg])
+                y = np.concatenate([y, np.zeros(xs_neg.shape[0], dtype=np.int32)])
+        n_rows = x.shape[0]
         xs.append(x)
         ys.append(y)
-        group.append(len(keep))
+        group.append(n_rows)
         if eta is not None:
-            pos = np.array(keep, dtype=np.float64) + 1.0
+            pos = np.concatenate([np.array(keep, dtype=np.float64) + 1.0, np.ones(n_rows - len(keep))])
             ws.append(np.where(y > 0, np.minimum(pos**eta, max_weight), 1.0).astype(np.float32))
         for lab in y.tolist():
             st.label_counts[lab] = st.label_counts.get(lab, 0) + 1

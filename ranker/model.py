@@ -1,9 +1,9 @@
-"""LightGBM LambdaMART ranker with versioned, atomically written, verified artifacts.
+"""LightGBM LambdaMART ranker: training, and an artifact of two files that `load` verifies.
 
-Layout: `<dir>/ranker-v0001/{model.txt, meta.json}`. A version directory is assembled under a
-temporary name and renamed into place, so a reader never sees half a model. `meta.json` records
-the feature names, the registry hash and the SHA-256 of model.txt; `load` checks all three and
-raises `ModelLoadError`, so serving can keep its previous model instead of serving garbage.
+`LTRModel.write(dir)` puts `model.txt` and `meta.json` into a directory; the service's artifact
+store (services.artifacts) makes that directory a version atomically and checksums it. `meta.json`
+records the feature names, the registry hash and the SHA-256 of model.txt; `load` checks all
+three and raises `ModelLoadError`, so serving keeps its previous model instead of serving garbage.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +20,6 @@ import lightgbm as lgb
 import numpy as np
 
 from ranker.features import DEFAULT_REGISTRY, FeatureRegistry
-
-_VERSION_RE = re.compile(r"^ranker-v(\d{4,})$")
 
 # Small-data defaults: click logs give a few thousand queries; small trees, a minimum leaf size
 # and feature/bagging subsampling keep LambdaMART from memorizing individual queries. The tree
@@ -84,31 +79,19 @@ class LTRModel:
         v = self.meta.get("version")
         return str(v) if v is not None else None
 
-    def save(self, root: Path | str) -> Path:
-        """Writes the next `ranker-vNNNN` under root and returns its path."""
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
+    def write(self, directory: Path | str) -> Path:
+        """Writes model.txt and meta.json into `directory` (which must exist) and returns it.
+        Versioning, atomic publication and promotion are the caller's artifact store's job; meta
+        records the feature names, the registry hash and model.txt's SHA-256, which `load` checks."""
+        directory = Path(directory)
         model_txt = self.booster.model_to_string()
-        while True:
-            latest = latest_version(root)
-            n = 1 if latest is None else _version_number(latest) + 1
-            name = f"ranker-v{n:04d}"
-            meta = {**self.meta, "version": name, "feature_names": self.feature_names,
-                    "registry_version": self.registry_version, "lightgbm": lgb.__version__,
-                    "model_sha256": hashlib.sha256(model_txt.encode()).hexdigest(),
-                    "created": self.meta.get("created", time.time())}
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-            try:
-                _write_synced(tmp / "model.txt", model_txt)
-                _write_synced(tmp / "meta.json", json.dumps(meta, indent=2, default=float))
-                os.rename(tmp, root / name)  # atomic; fails if another writer took this number
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if (root / name).exists():
-                    continue
-                raise
-            self.meta = meta
-            return root / name
+        meta = {**self.meta, "feature_names": self.feature_names, "registry_version": self.registry_version,
+                "lightgbm": lgb.__version__, "model_sha256": hashlib.sha256(model_txt.encode()).hexdigest(),
+                "created": self.meta.get("created", time.time())}
+        meta.pop("version", None)  # the store names versions; a copied meta must not claim one
+        _write_synced(directory / "model.txt", model_txt)
+        _write_synced(directory / "meta.json", json.dumps(meta, indent=2, default=float))
+        return directory
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -118,25 +101,11 @@ def _write_synced(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _version_number(path: Path) -> int:
-    m = _VERSION_RE.match(path.name)
-    if not m:
-        raise ValueError(f"not a ranker version directory: {path}")
-    return int(m.group(1))
-
-
-def latest_version(root: Path | str) -> Path | None:
-    """The highest complete `ranker-vNNNN` directory under root, or None."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    found = [p for p in root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name) and (p / "meta.json").exists()]
-    return max(found, key=_version_number, default=None)
-
-
-def load(path: Path | str, registry: FeatureRegistry = DEFAULT_REGISTRY, *, num_threads: int = 1) -> LTRModel:
-    """Loads one version directory, refusing it (ModelLoadError) unless it is intact and was trained
-    on exactly `registry`'s features in the same order."""
+def load(path: Path | str, registry: FeatureRegistry = DEFAULT_REGISTRY, *, num_threads: int = 1,
+         version: str | None = None) -> LTRModel:
+    """Loads a directory written by `LTRModel.write`, refusing it (ModelLoadError) unless it is
+    intact and was trained on exactly `registry`'s features in the same order. `version` (the
+    artifact store's name for it) becomes `model.version`."""
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
@@ -159,14 +128,9 @@ def load(path: Path | str, registry: FeatureRegistry = DEFAULT_REGISTRY, *, num_
         raise ModelLoadError(f"{path}: LightGBM refused model.txt: {e}") from e
     if booster.feature_name() != registry.names:
         raise ModelLoadError(f"{path}: model.txt feature names differ from meta.json")
+    if version is not None:
+        meta["version"] = version
     return LTRModel(booster, list(names), registry.version, meta, num_threads=num_threads)
-
-
-def load_latest(root: Path | str, registry: FeatureRegistry = DEFAULT_REGISTRY, *, num_threads: int = 1) -> LTRModel:
-    path = latest_version(root)
-    if path is None:
-        raise ModelLoadError(f"no ranker version under {root}")
-    return load(path, registry, num_threads=num_threads)
 
 
 def _diff(got: object, want: Sequence[str]) -> str:

@@ -1,5 +1,6 @@
 """Embedded lexical retrieval on tantivy: per-field BM25 with boosts, a flat-scoring fuzzy clause
-for misspellings, last-term prefix matching for as-you-type queries, and a popularity prior.
+for misspellings, last-term prefix matching for as-you-type queries, whole-title prefix and exact
+matching for title-only and partially typed titles, and a popularity prior.
 
 Design notes:
 - Queries are built programmatically from our own token list (term / fuzzy / boost / dis-max
@@ -13,6 +14,15 @@ Design notes:
   prior would let a popular but barely matching track outrank an exact title match). tantivy's
   `weight_by_field` multiplies the score by log2(2 + v) inside the top-k collector, so we store
   v = 2**(1 + w*pop) - 2 as a fast field: the top-k stays exact, with no Python re-ranking.
+- Partial titles ("dancing in the moo", "shape of y"): per-word matching cannot see that the
+  query is the *start of a title* (its last word may be a real word, "moon", or one letter). So
+  each track's normalized title, and "artist title", is indexed as edge n-grams (every prefix of
+  at least `title_prefix_min_chars`, as one raw term each) in `title_prefix`, and as whole strings
+  in `title_exact`. The whole normalized query is then one term against each. The prefix clause
+  is BM25-scored: its idf says how many titles start that way ("lo" matches thousands and
+  adds little, "dancing in the moo" is nearly unique), and the field length norm prefers the
+  shorter completions. The exact clause adds on top, so a query that IS a title keeps that
+  title above longer titles it is a prefix of.
 - BM25 k1 / b are fixed in tantivy (k1=1.2, b=0.75); they are not configurable here.
 """
 
@@ -32,7 +42,7 @@ import tantivy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from retrievers.base import Candidate, Document
-from retrievers.text import normalize
+from retrievers.text import normalize, strip_version
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +52,8 @@ INDEX_DIR = "index"
 ANALYZER = "ltrr_text"
 # Internal schema fields; document fields may not reuse these names.
 _ID, _ORD, _POP, _PRIOR = "doc_id", "ord", "popularity", "prior"
-RESERVED_FIELDS = frozenset({_ID, _ORD, _POP, _PRIOR})
+_TPREFIX, _TEXACT = "title_prefix", "title_exact"
+RESERVED_FIELDS = frozenset({_ID, _ORD, _POP, _PRIOR, _TPREFIX, _TEXACT})
 STEMMER_LANGUAGES = frozenset({"arabic", "danish", "dutch", "english", "finnish", "french", "german", "greek",
                                "hungarian", "italian", "norwegian", "portuguese", "romanian", "russian",
                                "spanish", "swedish", "tamil", "turkish"})
@@ -83,6 +94,15 @@ class LexicalConfig(BaseModel):
     prefix_weight: float = Field(default=1.0, ge=0.0)
     # Adjacent query words also match glued together: "cold play" finds "coldplay".
     join_pairs: bool = True
+    # Whole-title matching (module docstring): the document field holding the title, and the one
+    # whose value is prepended for "artist title" strings. None disables it (prose corpora).
+    title_field: str | None = "title"
+    title_artist_field: str | None = "artist"
+    title_prefix_weight: float = Field(default=2.0, ge=0.0)
+    title_exact_weight: float = Field(default=1.0, ge=0.0)
+    title_prefix_min_chars: int = Field(default=3, ge=1)
+    # Longer titles are indexed by their first title_prefix_max_chars characters only.
+    title_prefix_max_chars: int = Field(default=64, ge=8)
     popularity_weight: float = Field(default=0.5, ge=0.0)
     stemmer: str | None = None
     stopwords: str | None = None
@@ -117,7 +137,13 @@ class LexicalConfig(BaseModel):
         """Prose retrieval (BEIR SciFact): title + text, English stemming and stop words, no fuzzy,
         no popularity. tie_breaker 0.5 is what BEIR's Elasticsearch BM25 baseline uses (best_fields)."""
         return cls(field_boosts={"title": 1.0, "text": 1.0}, tie_breaker=0.5, fuzzy=False, prefix_last_term=False,
-                   popularity_weight=0.0, stemmer="english", stopwords="english", fuzzy_fields=None)
+                   popularity_weight=0.0, stemmer="english", stopwords="english", fuzzy_fields=None,
+                   title_field=None, title_artist_field=None)
+
+    @property
+    def whole_title(self) -> bool:
+        """On when the title field is one of the indexed fields (a prose config simply has none)."""
+        return self.title_field in self.field_boosts and (self.title_prefix_weight > 0 or self.title_exact_weight > 0)
 
     def edit_distance(self, token: str) -> int:
         n = len(token)
@@ -146,7 +172,32 @@ def _schema(cfg: LexicalConfig) -> tantivy.Schema:
     sb.add_unsigned_field(_ORD, fast=True)
     sb.add_float_field(_POP, stored=True, fast=True)
     sb.add_float_field(_PRIOR, fast=True)
+    if cfg.whole_title:
+        # One raw term per value: a prefix / whole title string, matched only as a whole.
+        sb.add_text_field(_TPREFIX, stored=False, tokenizer_name="raw", index_option="basic")
+        sb.add_text_field(_TEXACT, stored=False, tokenizer_name="raw", index_option="basic")
     return sb.build()
+
+
+def title_strings(cfg: LexicalConfig, title: str, artist: str = "") -> tuple[list[str], list[str]]:
+    """(prefix terms, exact terms) of one track. Exact: the normalized title, with and without its
+    version suffix ("memories dillon francis remix", "memories"), each also after the artist.
+    Prefixes: of the full normalized title (its base title is a prefix of it), and of
+    "artist title" from the first title characters on (artist-only prefixes are the artist field's job)."""
+    full, base = normalize(title), normalize(strip_version(title))
+    if not full:
+        return [], []
+    art = normalize(artist) if artist else ""
+    exact = list(dict.fromkeys(s for t in (full, base) if t for s in (t, f"{art} {t}" if art else "")))
+    exact = [e for e in exact if e]
+    lo, hi = cfg.title_prefix_min_chars, cfg.title_prefix_max_chars
+    prefixes = [full[:n] for n in range(lo, min(len(full), hi) + 1) if full[n - 1] != " "]
+    if art:
+        joined = f"{art} {full}"
+        start = len(art) + 1 + lo
+        prefixes += [joined[:n] for n in range(start, min(len(joined), hi + len(art) + 1) + 1)
+                     if joined[n - 1] != " "]
+    return prefixes, exact
 
 
 class TantivyRetriever:
@@ -180,6 +231,8 @@ class TantivyRetriever:
     def build(self, docs: Sequence[Document], *, progress: bool = False) -> None:
         from tqdm import tqdm
 
+        cfg = self.config
+
         if self._index_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="ltrr-lexical-")
             self._index_dir = Path(self._tmp.name)
@@ -200,6 +253,13 @@ class TantivyRetriever:
                 text = doc.fields.get(name)
                 if text:
                     tdoc.add_text(name, normalize(text))
+            if cfg.whole_title and doc.fields.get(cfg.title_field):
+                artist = doc.fields.get(cfg.title_artist_field, "") if cfg.title_artist_field else ""
+                prefixes, exact = title_strings(cfg, doc.fields[cfg.title_field], artist)
+                for term in prefixes:
+                    tdoc.add_text(_TPREFIX, term)
+                for term in exact:
+                    tdoc.add_text(_TEXACT, term)
             tdoc.add_text(_ID, doc.doc_id)
             tdoc.add_unsigned(_ORD, len(ids))
             tdoc.add_float(_POP, float(doc.popularity))
@@ -239,9 +299,10 @@ class TantivyRetriever:
         return words, pairs
 
     def build_query(self, terms: Sequence[str], extra_terms: Sequence[str] = (), *,
-                    prefix_last: str | None = None) -> tantivy.Query | None:
+                    prefix_last: str | None = None, whole: str | None = None) -> tantivy.Query | None:
         """Per field: SHOULD(exact BM25 terms, flat fuzzy terms, flat last-term prefix), boosted by the
-        field's weight; fields combined by dis-max with the configured tie breaker."""
+        field's weight; plus, for the whole normalized query `whole`, a BM25 title-prefix term and a
+        title-exact term; all combined by dis-max with the configured tie breaker."""
         if not terms:
             return None
         cfg, schema = self.config, self._schema
@@ -262,6 +323,15 @@ class TantivyRetriever:
                     pq = Q.fuzzy_term_query(schema, field, prefix_last, distance=0, prefix=True)
                     clauses.append((Occur.Should, Q.boost_query(pq, self._idf1 * cfg.prefix_weight)))
             per_field.append(Q.boost_query(Q.boolean_query(clauses), cfg.field_boosts[field]))
+        if whole and cfg.whole_title and len(whole) >= cfg.title_prefix_min_chars:
+            title_boost = cfg.field_boosts[cfg.title_field]
+            if cfg.title_prefix_weight > 0:
+                per_field.append(Q.boost_query(Q.term_query(schema, _TPREFIX, whole),
+                                               title_boost * cfg.title_prefix_weight))
+            if cfg.title_exact_weight > 0:
+                # Flat: "is the query exactly a title" is a yes/no, worth one rare title word.
+                per_field.append(Q.const_score_query(Q.term_query(schema, _TEXACT, whole),
+                                                     title_boost * self._idf1 * cfg.title_exact_weight))
         if len(per_field) == 1:
             return per_field[0]
         return Q.disjunction_max_query(per_field, tie_breaker=cfg.tie_breaker)
@@ -279,7 +349,8 @@ class TantivyRetriever:
         if k <= 0 or not isinstance(query, str):
             return []
         terms, pairs = self.analyze(query)
-        q = self.build_query(terms, pairs, prefix_last=self._typed_prefix(query))
+        whole = normalize(query[: self.config.max_query_chars]) if self.config.whole_title else None
+        q = self.build_query(terms, pairs, prefix_last=self._typed_prefix(query), whole=whole)
         if q is None:
             return []
         weight = _PRIOR if self.config.popularity_weight > 0 else None
@@ -316,7 +387,11 @@ class TantivyRetriever:
     @classmethod
     def load(cls, path: Path) -> Self:
         path = Path(path)
-        config = LexicalConfig.model_validate_json((path / CONFIG_FILE).read_text())
+        raw = json.loads((path / CONFIG_FILE).read_text())
+        if "title_field" not in raw:
+            # Saved before whole-title matching existed: its index has no title_prefix/exact fields.
+            raw["title_field"] = None
+        config = LexicalConfig.model_validate(raw)
         self = cls(config, index_dir=path / INDEX_DIR)
         index = tantivy.Index.open(str(path / INDEX_DIR))
         index.register_tokenizer(ANALYZER, self._analyzer)

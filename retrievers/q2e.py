@@ -185,6 +185,28 @@ def posterior(st: TrackStats, cfg: Q2EConfig) -> float:
     return alpha / total if total > 0 else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A (query, track) pair the memory has feedback for, decayed to the lookup time."""
+
+    track_id: str
+    posterior: float
+    positives: float  # decayed clicks + plays + likes + favorites
+    skips: float
+
+
+def learned_pairs(stats: Iterable[tuple[str, TrackStats]], cfg: Q2EConfig, now: float) -> list[Learned]:
+    """Pairs with positive feedback, best posterior first (ties: more positives, then track id)."""
+    out = []
+    for tid, st in stats:
+        d = st.decayed(now, cfg.half_life_s)
+        pos = d.clicks + d.plays + d.likes + d.favorites
+        if pos > 0:
+            out.append(Learned(tid, posterior(d, cfg), pos, d.skips))
+    out.sort(key=lambda x: (-x.posterior, -x.positives, x.track_id))
+    return out
+
+
 def query_keys(query: str, cfg: Q2EConfig) -> tuple[str, str] | None:
     """(exact key, order-insensitive key) of a query, or None when it cannot be remembered.
     The second key (sorted tokens) is "" unless the config is order-insensitive."""
@@ -247,6 +269,8 @@ class Q2EStore(Protocol):
     def stats(self, query: str, *, now: float | None = None) -> Q2EStats: ...
 
     def track_stats(self, query: str, track_id: str) -> TrackStats | None: ...
+
+    def learned(self, query: str, *, now: float | None = None) -> list[Learned]: ...
 
     def clear(self) -> None: ...
 
@@ -377,6 +401,15 @@ class MemoryQ2EStore:
             mq = self._q.get(keys[0]) if keys else None
             st = mq.stats.get(track_id) if mq else None
             return replace(st) if st is not None else None
+
+    def learned(self, query: str, *, now: float | None = None) -> list[Learned]:
+        """Pairs of the exact query with positive feedback (see learned_pairs)."""
+        keys = query_keys(query, self.config)
+        now = time.time() if now is None else now
+        with self._lock:
+            mq = self._q.get(keys[0]) if keys else None
+            items = [(t, replace(st)) for t, st in mq.stats.items()] if mq else []
+        return learned_pairs(items, self.config, now)
 
     # writes --------------------------------------------------------------------------------
     def _first_time(self, marker: str, now: float) -> bool:
@@ -868,6 +901,16 @@ class RedisQ2EStore:
             return None
         raw = self.client.hget(f"{self.prefix}:h:{keys[0]}", track_id)
         return TrackStats.unpack(raw) if raw else None
+
+    def learned(self, query: str, *, now: float | None = None) -> list[Learned]:
+        """Pairs of the exact query with positive feedback (see learned_pairs): one HGETALL of the
+        query's evidence hash, which holds only pairs that were served or acted on."""
+        keys = query_keys(query, self.config)
+        if keys is None:
+            return []
+        raw = self.client.hgetall(f"{self.prefix}:h:{keys[0]}")
+        items = [(_s(t), TrackStats.unpack(v)) for t, v in raw.items() if not _s(t).startswith("#")]
+        return learned_pairs(items, self.config, time.time() if now is None else now)
 
     # writes --------------------------------------------------------------------------------
     EVENT_BATCH = 500

@@ -13,8 +13,8 @@ are summed, so a repeated click weighs more than a single one, and logged pairs 
 behaviour outweighs the metadata guess. Weights shape the PIFA label embeddings (and so the tree)
 and, with `rel_mode="ranker-only"`, become the costs of PECOS's cost-sensitive leaf classifiers.
 
-Artifacts are versioned: `save(root)` writes `root/v0001/`, `root/v0002/`... atomically (a temp
-dir renamed into place), and `load()` reads them in PECOS's predict-only C++ mode.
+`write(dir)` copies the model's files into a directory (the service's artifact store versions and
+checksums it) and `load(dir)` reads them in PECOS's predict-only C++ mode.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 import shutil
 import tempfile
 import time
@@ -42,7 +40,6 @@ from retrievers.text import normalize
 
 log = logging.getLogger(__name__)
 
-_VERSION_DIR = re.compile(r"^v(\d{4,})$")
 FORMAT = 1  # bump when the on-disk layout changes
 
 
@@ -91,25 +88,6 @@ class XRConfig:
         return cls(**kwargs)
 
 
-def latest_version(root: Path) -> Path | None:
-    """The newest complete version directory under root, or None. Directories still being
-    written are temp dirs with another name, so a half-written version is never returned."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    best: tuple[int, Path] | None = None
-    for child in root.iterdir():
-        m = _VERSION_DIR.match(child.name)
-        if m and (child / "meta.json").is_file() and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), child)
-    return best[1] if best else None
-
-
-def _next_version(root: Path) -> int:
-    nums = [int(m.group(1)) for c in root.iterdir() if (m := _VERSION_DIR.match(c.name))] if root.is_dir() else []
-    return max(nums, default=0) + 1
-
-
 @dataclass
 class TrainStats:
     n_pairs: int = 0
@@ -132,7 +110,7 @@ class XRLinearRetriever:
 
     def __init__(self, config: XRConfig | None = None) -> None:
         self.config = config or XRConfig()
-        self.version: int | None = None
+        self.version: str | None = None  # the artifact store's version name, once published/loaded
         self.meta: dict[str, Any] = {}
         self.stats = TrainStats()
         self._vectorizer: Any = None  # pecos Vectorizer (C++ tf-idf)
@@ -244,7 +222,7 @@ class XRLinearRetriever:
                                    post_processor=cfg.post_processor, **rel_kwargs)
         t_train = time.perf_counter()
         # Serve from the predict-only C++ model (an order of magnitude faster than the Python one);
-        # the files stay in a staging dir so save() can copy them into a version directory.
+        # the files stay in a staging dir so write() can copy them into a version directory.
         vectorizer.save(str(stage / "vectorizer"))
         model.save(str(stage / "model"))
         del model
@@ -254,7 +232,7 @@ class XRLinearRetriever:
                                 n_features=int(X.shape[1]), n_logged_pairs=n_logged,
                                 seconds={"pairs": t_pairs - t0, "vectorize": t_vec - t_pairs,
                                          "tree": t_tree - t_vec, "train": t_train - t_tree})
-        meta = {"format": FORMAT, "version": None, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        meta = {"format": FORMAT, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "n_pairs": len(weights), "n_logged_pairs": n_logged, "n_queries": len(queries),
                 "n_labels": len(label_ids), "n_features": int(X.shape[1]), "n_clusters": int(n_clusters),
                 "train_seconds": round(time.perf_counter() - t0, 3), "config": cfg.to_dict()}
@@ -267,43 +245,34 @@ class XRLinearRetriever:
 
     # --- persistence ---------------------------------------------------------------------------
 
-    def save(self, path: Path) -> Path:
-        """Writes the next version directory under `path` and returns it."""
+    def write(self, directory: Path) -> Path:
+        """Copies the model's files (vectorizer/, model/, labels.txt, meta.json) into `directory`,
+        which must exist, and returns it. Versioning, checksums and atomic publication are the
+        caller's artifact store's job."""
         if self._artifact_dir is None:
-            raise RuntimeError("XRLinearRetriever.save() before build()/train()/load()")
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        version = _next_version(root)
-        tmp = Path(tempfile.mkdtemp(prefix=".xr-save-", dir=root))
-        try:
-            for part in ("vectorizer", "model"):
-                shutil.copytree(self._artifact_dir / part, tmp / part)
-            shutil.copy2(self._artifact_dir / "labels.txt", tmp / "labels.txt")
-            meta = {**self.meta, "version": version}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            final = root / f"v{version:04d}"
-            os.rename(tmp, final)  # atomic on one filesystem: readers see all of it or nothing
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.version, self.meta = version, meta
-        return final
+            raise RuntimeError("XRLinearRetriever.write() before build()/train()/load()")
+        directory = Path(directory)
+        for part in ("vectorizer", "model"):
+            shutil.copytree(self._artifact_dir / part, directory / part)
+        shutil.copy2(self._artifact_dir / "labels.txt", directory / "labels.txt")
+        meta = {k: v for k, v in self.meta.items() if k != "version"}
+        (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+        return directory
 
     @classmethod
-    def load(cls, path: Path) -> Self:
-        """Loads a version directory, or the latest version when given the root directory."""
+    def load(cls, path: Path, *, version: str | None = None) -> Self:
+        """Loads a directory written by `write()` in PECOS's predict-only C++ mode. PECOS aborts
+        the process on some damaged files, so a server verifies checksums before calling this.
+        `version` (the artifact store's name for the directory) becomes `.version`."""
         path = Path(path)
         if not (path / "meta.json").is_file():
-            latest = latest_version(path)
-            if latest is None:
-                raise FileNotFoundError(f"no XR-Linear model version under {path}")
-            path = latest
+            raise FileNotFoundError(f"no XR-Linear model in {path} (meta.json missing)")
         meta = json.loads((path / "meta.json").read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: unsupported XR-Linear artifact format {meta.get('format')!r}")
         obj = cls(XRConfig.from_dict(meta.get("config", {})))
         obj._open(path, meta)
-        obj.version = meta.get("version")
+        obj.version = version
         return obj
 
     def _open(self, path: Path, meta: dict[str, Any]) -> None:

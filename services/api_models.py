@@ -2,28 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_QUERY_CHARS = 512
+# What the validators below enforce, stated for the OpenAPI document: some non-whitespace
+# character and no NUL. (Enforced in code rather than as a pydantic pattern so that errors say
+# "must not be empty" instead of quoting a regex.)
+QUERY_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$"
+Device = Literal["mobile", "desktop", "tablet", "tv", "car", "speaker", "other"]
+
+
+def _json_integer(v: object) -> object:
+    """An integer as JSON Schema defines it: 3 and 3.0 are integers, `true` and "3" are not
+    (strict models refuse 3.0, lax ones accept true: both disagree with the published schema)."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
+def reject_lone_surrogates(v: str | None, name: str) -> str | None:
+    """JSON can carry "\\ud800" without its pair; such a string is not Unicode text and fails
+    later, when it is logged, stored or echoed back (it used to be a 500)."""
+    if v is not None:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} holds a lone surrogate code point; send valid Unicode") from None
+    return v
 
 
 class SearchContext(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion at the edge ("yes" is not true, true is not 1).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    locale: str | None = Field(default=None, max_length=16, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$",
-                               examples=["en-US"])
-    device: Literal["mobile", "desktop", "tablet", "tv", "car", "speaker", "other"] | None = None
+    locale: str | None = Field(default=None, max_length=16, pattern=LOCALE_PATTERN, examples=["en-US"])
+    device: Device | None = None
     timestamp: float | None = Field(default=None, ge=0, le=4_102_444_800,
                                     description="unix seconds of the request; default: server time")
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    q: str = Field(description="the query, 1-512 characters after trimming", examples=["tayler swift love story"])
-    limit: int = Field(default=10, ge=1, le=100)
+    q: str = Field(description="the query: 1-512 characters, not only whitespace, no NUL; it is trimmed",
+                   examples=["tayler swift love story"],
+                   json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": QUERY_PATTERN})
+    limit: JsonInt = Field(default=10, ge=1, le=100)
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
     context: SearchContext = Field(default_factory=SearchContext)
@@ -32,14 +62,20 @@ class SearchRequest(BaseModel):
     @field_validator("q")
     @classmethod
     def _q(cls, v: str) -> str:
+        if len(v) > MAX_QUERY_CHARS:
+            raise ValueError(f"q is {len(v)} characters; at most {MAX_QUERY_CHARS} are allowed")
         v = v.strip()
         if not v:
             raise ValueError("q must not be empty or whitespace only")
-        if len(v) > MAX_QUERY_CHARS:
-            raise ValueError(f"q is {len(v)} characters; at most {MAX_QUERY_CHARS} are allowed")
         if "\x00" in v:
             raise ValueError("q must not contain NUL characters")
+        reject_lone_surrogates(v, "q")
         return v
+
+    @field_validator("user_id", "session_id")
+    @classmethod
+    def _ids(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return reject_lone_surrogates(v, str(info.field_name))
 
 
 class SearchHit(BaseModel):

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import redis
 
+from services.artifacts import ArtifactStore
 from services.catalog import Catalog
 from services.config import Settings
-from services.jsonl_log import read_jsonl_dir
 from services.keys import Keys
 
 log = logging.getLogger("ltrr.build")
-ALL_INDEXES = ("lexical", "dense", "q2e", "xr")
+ALL_INDEXES = ("lexical", "dense", "q2e", "xr", "suggest")
 
 
 @dataclass
@@ -79,6 +79,10 @@ def build_indexes(settings: Settings, catalog: Catalog, client: redis.Redis | No
                              "seeded pairs" if n else "already seeded"))
     if "xr" in only:
         rows.append(train_xr(settings, catalog, None, progress=progress))
+    if "suggest" in only:
+        from services.suggest_service import build_suggest  # it imports BuildRow from here
+
+        rows.append(build_suggest(settings, catalog, progress=progress))
     return rows
 
 
@@ -161,8 +165,12 @@ def train_xr(settings: Settings, catalog: Catalog, clicks: Path | None, *, progr
         xr.train(pairs, docs, progress=progress)
     else:
         xr.build(docs, progress=progress)
-    out = xr.save(settings.models_dir / "xr")
-    return BuildRow(f"xr-linear {out.name}", time.perf_counter() - t, dir_size_mb(out), len(docs),
+    store = ArtifactStore(settings.models_dir / "xr", "xr")
+    reason = f"xr retrained on {len(pairs)} logged pairs" if pairs else "cold start"
+    version = store.publish(xr.write, {"n_logged_pairs": len(pairs), "n_labels": len(docs)}, promote=True,
+                            report={"reason": reason})
+    xr.version = version
+    return BuildRow(f"xr-linear {version}", time.perf_counter() - t, dir_size_mb(store.path(version)), len(docs),
                     f"{len(pairs)} logged pairs" if pairs else "cold start")
 
 
@@ -171,6 +179,7 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
     """Trains the cold-start ranker and bandit (see services.coldstart) and publishes both."""
     from ranker import model as ranker_model
     from services.coldstart import collect, sample_queries, train_bandit
+    from services.trainer import save_coldstart_data
 
     rows = []
     t = time.perf_counter()
@@ -187,13 +196,21 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
     model = ranker_model.train(data.x[:rows_cut], data.y[:rows_cut], data.group[:cut], valid=valid,
                                registry=pipe.registry)
     model.meta.update({"source": "cold-start self-supervised", "n_queries": n_groups})
-    path = model.save(settings.models_dir / "ranker")
-    rows.append(BuildRow(f"ranker {path.name}", time.perf_counter() - t, dir_size_mb(path), n_groups,
+    # Kept for retraining (the general behaviour) and for the gate's check of queries without traffic.
+    save_coldstart_data(settings.models_dir,
+                        ranker_model.RankData(data.x[:rows_cut], data.y[:rows_cut], data.group[:cut]), valid)
+    store = ArtifactStore(settings.models_dir / "ranker", "ranker")
+    version = store.publish(model.write, {"source": "cold-start self-supervised", "n_queries": n_groups},
+                            promote=True, report={"reason": "cold start", **_numbers(model.meta.get("metrics"))})
+    model.meta["version"] = version
+    rows.append(BuildRow(f"ranker {version}", time.perf_counter() - t, dir_size_mb(store.path(version)), n_groups,
                          f"valid ndcg@10 {model.meta.get('valid_ndcg@10', model.meta.get('best_score', '?'))}"))
     t = time.perf_counter()
     policy = runtime.bandit_store.fresh()  # type: ignore[attr-defined]
     train_bandit(policy, data, pipe.actions, seed=seed, progress=progress)
-    version = runtime.bandit_store.publish(policy, "0-0", source="cold-start full information")  # type: ignore[attr-defined]
+    version = runtime.bandit_store.publish(  # type: ignore[attr-defined]
+        policy, "0-0", promote=True, report={"reason": "cold start"},
+        meta={"source": "cold-start full information"})
     best = max(data.recall_by_action.items(), key=lambda kv: kv[1])
     rows.append(BuildRow(f"bandit {version}", time.perf_counter() - t, None, len(data.contexts),
                          f"recall of source track, best action {best[0]} {best[1]:.2f}"))
@@ -201,35 +218,35 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
 
 
 def train_ranker_from_log(settings: Settings, log_path: Path | None, *, min_queries: int = 50,
-                          position_eta: float | None = None) -> BuildRow:
-    """Retrains the ranker from joined logs: the logged feature vectors (what serving computed)
-    with cascade click labels. Records are deduplicated by search_id (the worker may append a
-    record twice if it crashed between writing and checkpointing)."""
-    from ranker import labels as ranker_labels
+                          position_eta: float | None = None, force: bool = False) -> BuildRow:
+    """Retrains the ranker from a joined log (file or directory) exactly as the automatic
+    retraining does (services.trainer: cold-start groups + click groups with sampled negatives),
+    and promotes it only if the gate passes, unless `force`."""
     from ranker import model as ranker_model
-    from ranker.features import FeatureRegistry
+    from services.trainer import ModelTrainer
 
     t = time.perf_counter()
-    registry = FeatureRegistry(settings.retrievers)
-    records: dict[str, dict] = {}
     source = Path(log_path) if log_path else settings.logs_dir
-    lines = read_jsonl_dir(source, "joined") if source.is_dir() else (
-        (source, i, line) for i, line in enumerate(open(source, encoding="utf-8"), start=1) if line.strip())
-    for f, i, line in lines:
-        try:
-            rec = json.loads(line)
-            records[rec["search_id"]] = rec
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ValueError(f"{f}:{i}: not a joined log record ({exc})") from None
-    data, stats = ranker_labels.build_training_set(records.values(), registry.names, eta=position_eta)
-    n_groups = len(data.group)
-    if n_groups < min_queries:
-        raise ValueError(f"only {n_groups} logged searches with a positive label in {source} "
-                         f"({stats}); need {min_queries}")
-    model = ranker_model.train(data.X, data.y, data.group, data.weights, registry=registry)
-    model.meta.update({"source": f"click log {source}", "n_queries": n_groups})
-    path = model.save(settings.models_dir / "ranker")
-    return BuildRow(f"ranker {path.name}", time.perf_counter() - t, dir_size_mb(path), n_groups, "from clicks")
+    trainer = ModelTrainer(settings, None, Keys(), ())
+    n = trainer.load_log(source)
+    if n < min_queries:
+        raise ValueError(f"only {n} labelled searches in {source}; need {min_queries}")
+    train, _, _ = trainer.ranker_data(eta=position_eta if position_eta is not None else settings.position_eta)
+    model = ranker_model.train(train.X, train.y, train.group, train.weights, registry=trainer.registry,
+                               num_boost_round=120)
+    model.meta.update({"source": f"click log {source}", "click_searches": n})
+    version, result = trainer.gate_ranker(model, force=force)
+    verdict = "promoted" if result.promote else "refused by the gate (use --force to serve it anyway)"
+    numbers = ", ".join(f"{k} {v:.4f}" for k, v in result.report.items() if isinstance(v, float))
+    return BuildRow(f"ranker {version}", time.perf_counter() - t, dir_size_mb(trainer.ranker_store.path(version)),
+                    n, f"{verdict}; {numbers}")
+
+
+def _numbers(values: object) -> dict[str, float]:
+    """The numeric entries of a metrics dict, for a promotion report."""
+    if not isinstance(values, dict):
+        return {}
+    return {str(k): float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def format_rows(rows: list[BuildRow]) -> str:

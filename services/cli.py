@@ -15,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from services.config import Settings
 from services.logging_setup import setup_logging
+from services.redis_server import RedisJoinError
 
 log = logging.getLogger("ltrr.cli")
 
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not Path(args.log).exists():
             raise CliError(f"--log: no such file or directory {args.log}")
         try:
-            rows = [train_ranker_from_log(s, Path(args.log))]
+            rows = [train_ranker_from_log(s, Path(args.log), force=args.force)]
         except ValueError as exc:
             raise CliError(str(exc)) from None
     else:  # cold start: ranker and bandit together (they share the retrieval runs)
@@ -183,13 +184,15 @@ def _serve_workers(s: Settings) -> None:
     import uvicorn
 
     from services.metrics import MULTIPROC_ENV
-    from services.redis_server import RedisServer
+    from services.redis_server import EmbeddedRedis
 
     server = None
     env = {"LTRR_DATA_DIR": str(s.data_dir), "LTRR_CATALOG": str(s.catalog), "LTRR_HOST": s.host,
            "LTRR_PORT": str(s.port), "LTRR_BACKEND": s.backend, "LTRR_LOG_LEVEL": s.log_level}
     if not s.redis_url:
-        server = RedisServer(s.redis_dir).start()
+        # Owned (and restarted when it dies) by this parent, or joined if another process on
+        # this data dir already runs it; the workers reach it through REDIS_URL either way.
+        server = EmbeddedRedis(s.redis_dir).open()
         env["REDIS_URL"] = server.url
     prom = s.data_dir / "prometheus-multiproc"
     shutil.rmtree(prom, ignore_errors=True)  # samples of a previous run's processes would be summed in
@@ -221,7 +224,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     client, _ = connect_redis(s)
     keys = Keys()
     worker = FeedbackWorker(s, client, keys, q2e_store=q2e_store(client), catalog=_load_catalog(s),
-                            policy_factory=BanditStore(s, client, keys), consumer=args.consumer).start()
+                            bandit_store=BanditStore(s, client, keys), consumer=args.consumer).start()
     stop = {"now": False}
 
     def _term(*_: object) -> None:
@@ -242,14 +245,15 @@ def cmd_up(args: argparse.Namespace) -> None:
     s = _settings(args)
     have_lex = (s.index_dir / "lexical").exists()
     have_dense = (s.index_dir / "dense").exists()
-    from retrievers.xr_linear import latest_version as xr_latest
+    from services.artifacts import ArtifactStore
 
     missing = [n for n, ok in (("lexical", have_lex), ("dense", have_dense),
-                               ("xr", xr_latest(s.models_dir / "xr") is not None)) if not ok]
+                               ("xr", ArtifactStore(s.models_dir / "xr", "xr").versions() != []),
+                               ("suggest", ArtifactStore(s.models_dir / "suggest", "suggest").versions() != []))
+               if not ok]
     if missing or args.rebuild:
         ns = argparse.Namespace(**{**vars(args), "only": ",".join(missing if not args.rebuild else []) or None})
         cmd_index_build(ns)
-    from ranker.model import latest_version as ranker_latest
     from services.runtime import Runtime
 
     rt = Runtime(s, start_worker=False)
@@ -257,7 +261,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         from services.build import build_indexes
 
         rows = build_indexes(s, rt.catalog, rt.redis, only=("q2e",), progress=not args.quiet)  # no-op when seeded
-        if ranker_latest(s.models_dir / "ranker") is None or args.rebuild:
+        if not ArtifactStore(s.models_dir / "ranker", "ranker").versions() or args.rebuild:
             from services.build import train_coldstart
 
             rows += train_coldstart(s, rt, n_queries=args.queries, progress=not args.quiet)
@@ -321,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("what", choices=["xr", "ranker", "coldstart"], help="xr, ranker (--log) or coldstart")
     tr.add_argument("--clicks", help="xr: joined log (.jsonl) or TSV query<TAB>track_id[<TAB>weight]")
     tr.add_argument("--log", help="ranker: joined log file or directory (default: cold start)")
+    tr.add_argument("--force", action="store_true",
+                    help="ranker: serve the retrained model even if the promotion gate refuses it")
     tr.add_argument("--queries", type=int, default=6000, help="cold start: training queries")
     tr.set_defaults(func=cmd_train)
 
@@ -393,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except CliError as exc:
+        print(f"ltrr: error: {exc}", file=sys.stderr)
+        return 2
+    except RedisJoinError as exc:  # the data dir's Redis is locked by a process whose server is dead
         print(f"ltrr: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,8 +8,10 @@ the spearfishing and typo traffic they will serve. For each query every retrieve
   random action's arms, so the feature distribution matches serving (arms that did not run are
   NaN). Labels are graded: 3 for the source track, 1 for tracks that match the query's template
   (same artist for an artist query, same genre for a genre query, same title for a title query).
-* bandit: every action's reward is known (full information): 1 if the action's retrievers found
-  the source track within their budget, else 0; VW learns all of them, minus the cost term.
+* bandit: every action's reward is known (full information), computed by the one reward function
+  of the live system (services.rewards.action_reward) as if the user had played the source track:
+  1 if the action's retrievers found it within their budget, else 0 — the same scale a real play
+  earns. VW learns all of them, minus the cost term.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from retrievers.pseudo_queries import PseudoQuery, generate_all
 from retrievers.text import normalize, strip_version
 from services.catalog import Catalog, Track
 from services.pipeline import SearchPipeline
+from services.rewards import subset_rewards, wanted_events
 from services.typos import add_typos, partial
 
 log = logging.getLogger("ltrr.coldstart")
@@ -91,6 +94,14 @@ def grade(q: TrainingQuery, track: Track, source: Track) -> int:
 
 
 @dataclass
+class _Ran:
+    """Every retriever's candidates for one training query (the reward's view of a search)."""
+
+    candidates: dict[str, list[str]]
+    failed: tuple[str, ...] = ()
+
+
+@dataclass
 class ColdStartData:
     x: np.ndarray
     y: np.ndarray
@@ -109,6 +120,7 @@ def collect(pipeline: SearchPipeline, queries: Sequence[TrainingQuery], *, seed:
     arms_all = tuple(pipeline.p.retrievers)
     budget = max(a.budget for a in actions)
     xs, ys, groups, contexts, rewards = [], [], [], [], []
+    reward_cfg = pipeline.s.reward
     lat: dict[str, list[float]] = defaultdict(list)
     hits = np.zeros(len(actions))
     for q in tqdm(queries, desc="cold-start queries", unit="q", disable=not progress):
@@ -116,6 +128,7 @@ def collect(pipeline: SearchPipeline, queries: Sequence[TrainingQuery], *, seed:
         if not qnorm:
             continue
         results: dict[str, list[Candidate]] = {}
+        wanted = wanted_events([q.source])
         for arm in arms_all:
             t = time.perf_counter()
             try:
@@ -125,11 +138,9 @@ def collect(pipeline: SearchPipeline, queries: Sequence[TrainingQuery], *, seed:
                 results[arm] = []
             lat[arm].append((time.perf_counter() - t) * 1000)
         _, ctx = pipeline.context(q.text, qnorm)
-        row_rewards = []
-        for i, a in enumerate(actions):
-            found = any(c.track_id == q.source for arm in a.arms for c in results.get(arm, [])[: a.budget])
-            row_rewards.append(1.0 if found else 0.0)
-            hits[i] += found
+        ran = _Ran({arm: [c.track_id for c in cands] for arm, cands in results.items()})
+        row_rewards = subset_rewards(ran, actions, wanted, reward_cfg)
+        hits += np.array(row_rewards) > 0
         contexts.append(ctx)
         rewards.append(row_rewards)
         # Ranker rows: the union of a random action's arms, as serving would have built it.

@@ -13,18 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from services.rewards import RewardConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 RETRIEVERS = ("lexical", "dense", "xr", "q2e")
-
-
-class RewardConfig(BaseModel):
-    """How feedback becomes the bandit's reward for one search."""
-
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {"play": 1.0, "like": 0.9, "add_to_favorites": 0.9, "click": 0.7, "skip": -0.3})
-    aggregation: Literal["first", "max", "sum"] = "first"
-    join_window_s: float = Field(default=1800.0, gt=0, le=7 * 86400)
-    clip: tuple[float, float] = (-1.0, 1.0)
 
 
 class Settings(BaseModel):
@@ -58,6 +50,25 @@ class Settings(BaseModel):
     query_encoder: Literal["int8", "fp32"] = "int8"
 
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    # The click memory (Q2E) reaches the user whatever the bandit chose: a track with at least
+    # `memory_min_positive` decayed positive events for this exact query (1.5: two plays within
+    # about two weeks, given the 30-day half-life), more positives than skips and a posterior of
+    # at least `memory_min_posterior` is served in the top `memory_slots`, best posterior first;
+    # skips and decay take it out again. 0 slots = off.
+    memory_slots: int = Field(default=3, ge=0, le=10)
+    memory_min_positive: float = Field(default=1.5, gt=0)
+    memory_min_posterior: float = Field(default=0.15, ge=0, le=1)
+    # Ranker training sees negatives: besides the served list, features of this many unserved
+    # union candidates (sampled uniformly) are logged with each search.
+    log_unserved: int = Field(default=20, ge=0, le=200)
+    # Automatic retraining in the learner process; every new model passes the gate (services.gate).
+    retrain_ranker_every: int = Field(default=150, ge=0)  # labelled searches; 0 = never automatically
+    retrain_xr_every: int = Field(default=300, ge=0)  # positive (query, track) pairs; 0 = never
+    retrain_check_s: float = Field(default=5.0, gt=0)
+    gate_tolerance: float = Field(default=0.005, ge=0)  # "no worse than serving" allows this much noise
+    position_eta: float | None = Field(default=0.5, ge=0, le=2)  # IPW position debiasing of click labels
+    learn_bandit: bool = True  # ablation switches (the click-replay benchmark turns each off in turn)
+    learn_q2e: bool = True
     decision_ttl_s: int = Field(default=3600, ge=60)  # how long a search can receive feedback
     embedded_worker: bool = True  # run the feedback worker inside the API process
     checkpoint_every: int = Field(default=500, ge=1)

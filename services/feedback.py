@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.api_models import JsonInt
 from services.keys import Keys
 from services.records import EventType, FeedbackEvent
 
@@ -30,13 +31,14 @@ class FeedbackEventIn(BaseModel):
     search_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     track_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     type: EventType
-    position: int = Field(ge=1, le=1000)
+    position: JsonInt = Field(ge=1, le=1000)
     timestamp: float | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
-    dwell_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+    dwell_ms: JsonInt | None = Field(default=None, ge=0, le=86_400_000)
 
-    model_config = {"extra": "forbid"}
+    # strict: a JSON `true` is not position 1 and "3" is not 3; only timestamp converts (ISO-8601).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -53,7 +55,7 @@ class FeedbackEventIn(BaseModel):
 
 class FeedbackBatchIn(BaseModel):
     events: list[FeedbackEventIn] = Field(min_length=1, max_length=1000)
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclass
@@ -108,6 +110,12 @@ class FeedbackIngest:
         return ready, errors
 
     def write(self, ready: list[FeedbackEvent]) -> list[str]:
+        """Appends the events and returns their ids. An event_id repeated within the batch is
+        written (and counted) once, the first occurrence winning, as a retry would be applied."""
+        unique: dict[str, FeedbackEvent] = {}
+        for ev in ready:
+            unique.setdefault(ev.event_id, ev)
+        ready = list(unique.values())
         # One MULTI/EXEC: either every event of the batch is in the stream or none is.
         pipe = self.r.pipeline(transaction=True)
         for ev in ready:

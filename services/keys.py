@@ -24,6 +24,9 @@ class Keys:
     def finalized(self, search_id: str) -> str:  # idempotency marker per rewarded search
         return f"{self.prefix}:finalized:{search_id}"
 
+    def session_queries(self, session_id: str) -> str:  # list, newest first: the session's last 10 queries
+        return f"{self.prefix}:session:{session_id}:queries"
+
     def user_genres(self, user_id: str) -> str:
         return f"{self.prefix}:user:{user_id}:genres"
 

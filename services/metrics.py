@@ -25,6 +25,11 @@ WORKER_EVENTS = Counter("ltrr_worker_events_total", "events applied by the worke
 FEEDBACK_LAG = Histogram("ltrr_feedback_lag_seconds", "from 202 (stream id time) to bandit updated",
                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800))
 ERRORS = Counter("ltrr_errors_total", "handled errors by kind", ["kind"])
+GATE_DECISIONS = Counter("ltrr_gate_decisions_total", "promotion gate outcomes per model kind",
+                         ["kind", "decision"])
+GATE_METRIC = Gauge("ltrr_gate_metric", "the numbers of the newest gate decision", ["kind", "metric"],
+                    multiprocess_mode="liveall")
+MEMORY_PINS = Counter("ltrr_memory_pins_total", "results the click memory placed in the top slots")
 MODEL_VERSION = Gauge("ltrr_model_version_info", "loaded model versions", ["kind", "version"],
                       multiprocess_mode="liveall")  # per live process: replicas may briefly differ
 HTTP_REQUESTS = Counter("ltrr_http_requests_total", "HTTP requests", ["route", "status"])

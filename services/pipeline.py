@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -28,9 +29,19 @@ from services.feedback import served_value
 from services.jsonl_log import JsonlWriter
 from services.keys import Keys
 from services.models import ModelHolder
+from services.recordings import collapse, recording_key
 from services.records import ActionRecord, DecisionRecord
 
 log = logging.getLogger(__name__)
+MEMORY_CANDIDATES = 50  # remembered tracks added to the ranked union, at most
+
+
+class SearchActivity(Protocol):
+    """Per-minute counters for the web page's learning view (services.activity.ActivityRecorder),
+    written in the same Redis round trip as the decision."""
+
+    def record_search(self, pipe: redis.client.Pipeline, action_key: str, explored: bool,
+                      timings_ms: Mapping[str, float], ts: float) -> None: ...
 
 
 @dataclass
@@ -42,6 +53,7 @@ class SearchOutcome:
     decision: Decision
     features: np.ndarray | None = None
     context: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, list[str]] = field(default_factory=dict)  # served id -> other versions of its recording
 
 
 @dataclass
@@ -58,7 +70,7 @@ class Components:
 
 class SearchPipeline:
     def __init__(self, settings: Settings, parts: Components, client: redis.Redis | None, keys: Keys,
-                 decision_log: JsonlWriter | None):
+                 decision_log: JsonlWriter | None, activity: SearchActivity | None = None):
         self.s = settings
         self.p = parts
         self.redis = client
@@ -78,10 +90,19 @@ class SearchPipeline:
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="retriever")
         self.default_policy = FixedPolicy([a for a in settings.default_arms if a in names] or names[:1])
         self.fallback_arm = "lexical" if "lexical" in names else names[0]
+        self.activity = activity
+        self._rng = random.Random(0)
+        self.recording_of = {t.track_id: recording_key(t.title, t.artist) for t in parts.catalog.tracks}
+        self.popularity_of = {t.track_id: t.popularity / 100.0 for t in parts.catalog.tracks}
 
     # ---------------------------------------------------------------------------------------
     def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
-               locale: str | None = None, device: str | None = None, ts: float | None = None) -> SearchOutcome:
+               locale: str | None = None, device: str | None = None, ts: float | None = None,
+               analytics: bool = True, collapse_versions: bool = True) -> SearchOutcome:
+        """One search. `analytics=False` (monitoring probes, evaluations) serves the same results
+        but logs nothing: the search cannot receive feedback and teaches no model.
+        `collapse_versions` serves one hit per recording (the best-ranked version; the others are
+        listed in `SearchOutcome.versions`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         now = time.time()
@@ -90,6 +111,7 @@ class SearchPipeline:
         search_id = uuid.uuid4().hex
 
         affinity, context = self.context(query, qnorm, user_id=user_id, ts=ts, locale=locale, device=device)
+        remembered, memory = self._memory(qnorm, now)
         timings["context"] = _ms(t0)
 
         t = time.perf_counter()
@@ -123,14 +145,38 @@ class SearchPipeline:
 
         t = time.perf_counter()
         union = _union({a: results[a] for a in served_arms if a in results})
-        ids, feats = self.featurize(qnorm, query, [tid for tid, _ in union], results, affinity, served_arms)
+        arms_of = dict(union)
+        for tid in remembered:
+            arms_of.setdefault(tid, set()).add("memory")
+        union_ids = [tid for tid, _ in union]
+        # Remembered tracks are ranked even when the chosen retrievers missed them.
+        head = set(union_ids[: self.s.rerank_depth])
+        union_ids += [tid for tid in remembered if tid not in head]
+        ids, feats = self.featurize(qnorm, query, union_ids, results, affinity, served_arms,
+                                    keep=set(remembered))
         scores, order = self.score(feats, ids, results, served_arms)
+        order = _pin(order, ids, memory)
+        versions: dict[str, list[str]] = {}
+        if collapse_versions:
+            # The catalog has one row per release: a page shows each recording once, at the rank of
+            # its best-ranked version (the order given, pins included).
+            groups = collapse([ids[i] for i in order], [-float(r) for r in range(len(order))],
+                              self.recording_of.__getitem__, self.popularity_of.__getitem__)
+            pos = {tid: i for i, tid in enumerate(ids)}
+            versions = {rep: others for rep, others in groups[:limit] if others}
+            order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
         timings["rank"] = _ms(t)
         t = time.perf_counter()
         top = order[:limit]
         served = [ids[i] for i in top]
-        arms_of = dict(union)
+        pinned = [tid for tid in served[: len(memory)] if tid in memory]
+        if pinned:
+            metrics.MEMORY_PINS.inc(len(pinned))
         found_by = {tid: sorted(arms_of[tid]) for tid in served}
+        # Features of a uniform sample of the unserved candidates too: the ranker's retraining
+        # needs negatives that serving ranked low, not only the ten it showed.
+        rest = order[limit:]
+        sampled = sorted(self._rng.sample(rest, min(self.s.log_unserved, len(rest)))) if analytics else []
 
         feature_rows = feats[top] if feats is not None else None
         record = DecisionRecord(
@@ -142,18 +188,20 @@ class SearchPipeline:
             chosen=decision.chosen, propensity=float(decision.propensity), shadow=self.s.shadow,
             candidates={a: [c.track_id for c in results[a]] for a in results}, failed=failed,
             retriever_ms=per_ms, served=served, feature_names=self.registry.names,
-            features=[[None if math.isnan(v) else round(float(v), 6) for v in row] for row in feature_rows]
-            if feature_rows is not None else [],
+            features=_rows(feature_rows) if feature_rows is not None else [], memory=pinned,
+            sampled=[ids[i] for i in sampled], sampled_features=_rows(feats[sampled]) if sampled else [],
         )
         timings["record"] = _ms(t)
         t = time.perf_counter()
-        self._log_decision(record, now)
+        if analytics:
+            self._log_decision(record, now, timings)
         timings["log"] = _ms(t)
         timings["total"] = _ms(t0)
         for stage, ms in timings.items():
             metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
         return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
-                             timings_ms=timings, decision=decision, features=feature_rows, context=context)
+                             timings_ms=timings, decision=decision, features=feature_rows, context=context,
+                             versions=versions)
 
     def warm_up(self) -> None:
         """First calls pay for lazy loading (ONNX session, tantivy searcher, Lua scripts): make
@@ -192,6 +240,25 @@ class SearchPipeline:
             log.warning("context lookup failed (%s); searching without user/Q2E context", exc)
         return affinity, evidence
 
+    def _memory(self, qnorm: str, now: float) -> tuple[list[str], list[str]]:
+        """What the click memory knows of this exact query: (every track with more positive events
+        than skips — always ranked, even when the chosen retrievers missed it; the ones it is sure
+        of (Settings.memory_*), best first — served in the top slots). The bandit decides what to
+        retrieve, not whether what users keep playing is shown."""
+        store = self.p.q2e_store
+        if store is None or self.s.memory_slots == 0:
+            return [], []
+        try:
+            learned = store.learned(qnorm, now=now)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("click memory lookup failed: %r", exc)
+            return [], []
+        s = self.s
+        known = [m for m in learned if m.positives > m.skips and m.track_id in self.p.catalog.by_id][:MEMORY_CANDIDATES]
+        pins = [m.track_id for m in known
+                if m.positives >= s.memory_min_positive and m.posterior >= s.memory_min_posterior][: s.memory_slots]
+        return [m.track_id for m in known], pins
+
     def _retrieve(self, query: str, arms: tuple[str, ...], budget: int
                   ) -> tuple[dict[str, list[Candidate]], list[str], dict[str, float]]:
         timeout = self.s.retriever_timeout_ms / 1000.0
@@ -229,11 +296,15 @@ class SearchPipeline:
         return out, (time.perf_counter() - t) * 1000
 
     def featurize(self, qnorm: str, query: str, union_ids: list[str], results: dict[str, list[Candidate]],
-                  affinity: dict[str, float] | None, served_arms: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
-        """Ranker feature rows for the union, in registry order; only served arms' scores count, so
-        training (which calls this too) sees what serving sees. Ids unknown to the catalog are
-        dropped (e.g. a model trained on an older catalog)."""
-        ids = [tid for tid in union_ids[: self.s.rerank_depth] if tid in self.p.catalog.by_id]
+                  affinity: dict[str, float] | None, served_arms: tuple[str, ...],
+                  keep: set[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """Ranker feature rows for the union (its first rerank_depth, plus the ids in `keep`), in
+        registry order; only served arms' scores count, so training (which calls this too) sees
+        what serving sees. Ids unknown to the catalog are dropped (e.g. a model trained on an
+        older catalog)."""
+        depth = self.s.rerank_depth
+        ids = [tid for i, tid in enumerate(union_ids) if (i < depth or (keep and tid in keep))
+               and tid in self.p.catalog.by_id]
         if not ids:
             return [], np.zeros((0, self.registry.dim), dtype=np.float32)
         by_arm: dict[str, dict[str, tuple[float, int]]] = {
@@ -285,7 +356,7 @@ class SearchPipeline:
             log.warning("q2e feature lookup failed: %r", exc)
             return None
 
-    def _log_decision(self, record: DecisionRecord, now: float) -> None:
+    def _log_decision(self, record: DecisionRecord, now: float, timings: Mapping[str, float]) -> None:
         body = record.model_dump_json()
         if self.decision_log is not None:
             self.decision_log.write(body)
@@ -296,7 +367,17 @@ class SearchPipeline:
             ttl = int(self.s.decision_ttl_s)
             pipe.set(self.keys.decision(record.search_id), body, ex=ttl)
             pipe.set(self.keys.served(record.search_id), served_value(record.ts, record.served), ex=ttl)
-            pipe.zadd(self.keys.pending, {record.search_id: now + self.s.reward.join_window_s})
+            pipe.zadd(self.keys.pending, {record.search_id: now + self.s.reward.wait_s})
+            if record.session_id:
+                # The session's recent queries: /suggest completes the next one from the last.
+                sq = self.keys.session_queries(record.session_id)
+                pipe.lpush(sq, record.query_norm)
+                pipe.ltrim(sq, 0, 9)
+                pipe.expire(sq, 1800)
+            if self.activity is not None:
+                probs = record.probabilities
+                explored = bool(probs) and probs[record.chosen] < max(probs)
+                self.activity.record_search(pipe, record.actions[record.chosen].key, explored, timings, now)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             # The search still answers; its feedback will be refused as unknown, which is honest.
@@ -322,6 +403,20 @@ def _evidence(stats: Any) -> float | None:
     if stats is None or not getattr(stats, "hit", False):
         return None
     return float(stats.evidence)
+
+
+def _pin(order: list[int], ids: list[str], memory: list[str]) -> list[int]:
+    """The ranking with the remembered tracks moved to the top, in the memory's order."""
+    if not memory:
+        return order
+    where = {tid: i for i, tid in enumerate(ids)}
+    head = [where[t] for t in memory if t in where]
+    taken = set(head)
+    return head + [i for i in order if i not in taken]
+
+
+def _rows(x: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in x.tolist()]
 
 
 def _union(results: Mapping[str, list[Candidate]]) -> list[tuple[str, set[str]]]:

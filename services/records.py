@@ -54,6 +54,11 @@ class DecisionRecord(BaseModel):
     served: list[str]  # track ids in served order (position 1 = served[0])
     feature_names: list[str] = Field(default_factory=list)
     features: list[list[float | None]] = Field(default_factory=list)  # per served item, NaN as None
+    memory: list[str] = Field(default_factory=list)  # served ids the click memory pinned to the top
+    # A uniform sample of the ranked but unserved candidates with their feature rows: the
+    # ranker's retraining sees what serving ranked low, not only what it showed.
+    sampled: list[str] = Field(default_factory=list)
+    sampled_features: list[list[float | None]] = Field(default_factory=list)
 
 
 class FeedbackEvent(BaseModel):

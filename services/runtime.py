@@ -4,37 +4,46 @@ catalog, retrievers, models with hot reload, pipeline, feedback ingest and (embe
 from __future__ import annotations
 
 import atexit
-import json
+import hashlib
 import logging
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bandit.policy import CostModel, VWConfig, VWPolicy
+from bandit.policy import FEATURE_LAYOUT_VERSION, VW_VERSION, CostModel, VWConfig, VWPolicy
 from ranker import model as ranker_model
 from ranker.features import FeatureRegistry
 from retrievers.base import Retriever
+from services import metrics
+from services.activity import ActivityRecorder
+from services.artifacts import ArtifactError, ArtifactStore
 from services.catalog import Catalog
 from services.config import Settings
 from services.feedback import FeedbackIngest
 from services.jsonl_log import JsonlWriter
 from services.keys import Keys
-from services.models import ModelHolder, Reloader, next_version, versions_in
+from services.models import ModelHolder, Reloader, StoreSource
 from services.pipeline import Components, SearchPipeline
-from services.redis_server import RedisServer
+from services.redis_server import EmbeddedRedis
+from services.suggest_service import SuggestService, suggest_holder
+from services.trainer import ModelTrainer
 
 log = logging.getLogger("ltrr.runtime")
 
 
-def connect_redis(settings: Settings) -> tuple[redis.Redis, RedisServer | None]:
-    """The external Redis at REDIS_URL, or (embedded default) a private redis-server with AOF in
-    the data directory, stopped when this process exits."""
+def connect_redis(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None]:
+    """The external Redis at REDIS_URL, or (embedded default) the one redis-server of the data
+    directory: started and supervised here when no other process runs it (then stopped when
+    this process exits), otherwise joined (`ltrr search` next to `ltrr serve`), never a second
+    server on the same AOF. Raises RuntimeError when the directory is locked by a process whose
+    Redis does not answer."""
     server = None
     url = settings.redis_url
     if not url:
-        server = RedisServer(settings.redis_dir).start()
+        server = EmbeddedRedis(settings.redis_dir).open()
         atexit.register(server.stop)
         url = server.url
     client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0,
@@ -48,106 +57,219 @@ def vw_config(settings: Settings) -> VWConfig:
 
 
 class BanditStore:
-    """Versioned bandit models: files under models/bandit/ and the current one in Redis, so every
-    replica (sharing a volume or not) can load it. Publishing = new version everywhere."""
+    """Versioned bandit models: files in the artifact store under models/bandit/ (model.vw + a
+    manifest whose meta holds last_update_id and n_learned), and the PROMOTED model's bytes,
+    version, sha256 and last_update_id in the Redis hash `keys.bandit_model`, so replicas without
+    a shared volume can load it. Every byte string is checked against its SHA-256 before VW sees
+    it: VW accepts truncated models. Implements services.models.ModelSource."""
+
+    kind = "bandit"
+    MODEL_FILE = "model.vw"
 
     def __init__(self, settings: Settings, client: redis.Redis | None, keys: Keys):
         self.s = settings
         self.r = client
         self.keys = keys
-        self.dir = settings.models_dir / "bandit"
+        self.store = ArtifactStore(settings.models_dir / "bandit", "bandit")
+        self.dir = self.store.root
         self.dir.mkdir(parents=True, exist_ok=True)
-
-    def probe(self) -> str | None:
-        if self.r is not None:
-            try:
-                v = self.r.hget(self.keys.bandit_model, "version")
-                if v is not None:
-                    return v.decode()
-            except (redis.RedisError, OSError):
-                pass
-        found = versions_in(self.dir, "bandit")
-        return found[-1] if found else None
-
-    def load(self, version: str) -> VWPolicy:
-        data = None
-        if self.r is not None:
-            try:
-                got = self.r.hmget(self.keys.bandit_model, ["version", "model"])
-                if got[0] is not None and got[0].decode() == version:
-                    data = got[1]
-            except (redis.RedisError, OSError):
-                data = None
-        if data is None:
-            data = (self.dir / f"bandit-{version}.vw").read_bytes()
-        return VWPolicy.from_bytes(data, vw_config(self.s), version=version)
 
     def fresh(self) -> VWPolicy:
         return VWPolicy(vw_config(self.s), version="v0000")
 
-    def current_or_fresh(self) -> tuple[VWPolicy, str]:
-        v = self.probe()
-        if v is not None:
-            try:
-                return self.load(v), v
-            except Exception as exc:
-                log.error("bandit model %s unusable (%s); starting from a fresh policy", v, exc)
-        return self.fresh(), "v0000"
+    # --- writing ---------------------------------------------------------------------------------
 
-    def load_for_learning(self) -> tuple[VWPolicy, str]:
-        """The policy to continue learning from and the last bandit:updates id it includes."""
-        policy, _ = self.current_or_fresh()
-        last = "0-0"
-        if self.r is not None:
-            raw = self.r.hget(self.keys.bandit_model, "last_update_id")
-            if raw is not None:
-                last = raw.decode()
-        else:
-            meta = self.dir / f"bandit-{policy.version}.json"
-            if meta.exists():
-                last = json.loads(meta.read_text()).get("last_update_id", "0-0")
-        return policy, last
-
-    def publish(self, policy: VWPolicy, last_update_id: str = "0-0", **meta: Any) -> str:
-        version = next_version(self.dir, "bandit")
+    def publish(self, policy: VWPolicy, last_update_id: str = "0-0", *, promote: bool = True,
+                report: Mapping[str, object] | None = None, meta: Mapping[str, object] | None = None) -> str:
+        """Stores `policy` as a new version and returns it; `policy.version` becomes it.
+        promote=True (the default until the promotion gate exists) also makes it serve."""
         data = policy.serialize()
-        tmp = self.dir / f"bandit-{version}.vw.tmp"
-        tmp.write_bytes(data)
-        tmp.rename(self.dir / f"bandit-{version}.vw")
-        info = {"version": version, "created": time.time(), "last_update_id": last_update_id,
-                "n_learned": getattr(policy, "n_learned", None), **meta}
-        (self.dir / f"bandit-{version}.json").write_text(json.dumps(info, indent=2))
+        info = {"last_update_id": last_update_id, "n_learned": policy.n_learned, "vw_version": VW_VERSION,
+                "feature_layout": FEATURE_LAYOUT_VERSION, "config": policy.config.to_dict(), **(meta or {})}
+
+        def write(directory: Path) -> None:
+            (directory / self.MODEL_FILE).write_bytes(data)
+
+        version = self.store.publish(write, info)
         policy.version = version
-        if self.r is not None:
-            self.r.hset(self.keys.bandit_model, mapping={"version": version, "model": data,
-                                                         "last_update_id": last_update_id})
         log.info("published bandit model %s (after update %s)", version, last_update_id)
+        if promote:
+            self.promote(version, report or {"reason": "learner checkpoint (no promotion gate)"})
         return version
 
+    def prune(self) -> None:
+        """Drops checkpoints that can never serve or be resumed from (see ArtifactStore.prune)."""
+        self.store.prune()
 
-def ranker_holder(settings: Settings) -> ModelHolder:
-    directory = settings.models_dir / "ranker"
+    def promote(self, version: str, report: Mapping[str, object]) -> None:
+        """Makes a stored version the serving one: SERVING.json, decisions.jsonl and Redis."""
+        self.store.promote(version, report)
+        self._to_redis(version)
+
+    def refuse(self, version: str, report: Mapping[str, object]) -> None:
+        """Records that `version` must never serve; if Redis serves it, Redis gets the store's
+        serving version instead (or loses the model, so replicas keep what they have)."""
+        self.store.refuse(version, report)
+        if self.r is not None and self._redis_field("version") == version:
+            replacement = self.store.serving()
+            if replacement is not None and replacement != version:
+                self._to_redis(replacement)
+            else:
+                self.r.delete(self.keys.bandit_model)
+
+    def _to_redis(self, version: str) -> None:
+        if self.r is None:
+            return
+        manifest = self.store.verify(version)
+        data = (self.store.path(version) / self.MODEL_FILE).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != manifest["files"][self.MODEL_FILE]:
+            raise ArtifactError(f"bandit {version}: {self.MODEL_FILE} changed while promoting")
+        meta = manifest.get("meta", {})
+        self.r.hset(self.keys.bandit_model, mapping={
+            "version": version, "model": data, "sha256": sha,
+            "last_update_id": str(meta.get("last_update_id", "0-0")),
+            "n_learned": str(meta.get("n_learned", 0))})
+
+    # --- reading (ModelSource) -------------------------------------------------------------------
+
+    def _redis_field(self, name: str) -> str | None:
+        if self.r is None:
+            return None
+        try:
+            raw = self.r.hget(self.keys.bandit_model, name)
+        except (redis.RedisError, OSError):
+            return None
+        return raw.decode() if raw is not None else None
+
+    def serving(self) -> str | None:
+        """The promoted version: Redis first (replicas may have no volume), else the store's."""
+        return self._redis_field("version") or self.store.serving()
+
+    def fallbacks(self) -> list[str]:
+        return list(dict.fromkeys(v for v in (self._redis_field("version"), *self.store.fallbacks()) if v))
+
+    def fingerprint(self, version: str) -> str:
+        redis_part = self._redis_field("sha256") if self._redis_field("version") == version else None
+        return f"{redis_part}|{self.store.fingerprint(version)}"
+
+    def _load_with_meta(self, version: str) -> tuple[VWPolicy, dict[str, object]]:
+        """A verified policy and its meta (last_update_id, n_learned): from Redis when it holds
+        this version with a matching sha256, else from the store's verified files."""
+        problems = []
+        if self.r is not None:
+            try:
+                got = self.r.hmget(self.keys.bandit_model, ["version", "model", "sha256", "last_update_id",
+                                                            "n_learned"])
+            except (redis.RedisError, OSError) as exc:
+                got = [None] * 5
+                problems.append(f"redis: {exc!r}")
+            if got[0] is not None and got[0].decode() == version:
+                data, sha = got[1] or b"", got[2].decode() if got[2] is not None else None
+                if sha is None:
+                    problems.append("redis copy has no sha256 (cannot verify)")
+                elif hashlib.sha256(data).hexdigest() != sha:
+                    problems.append(f"redis copy is corrupt ({len(data)} bytes, sha256 mismatch)")
+                else:
+                    meta = {"last_update_id": got[3].decode() if got[3] else "0-0",
+                            "n_learned": int(got[4]) if got[4] else 0}
+                    return self._policy(data, version, "redis"), meta
+        try:
+            manifest = self.store.verify(version)
+        except ArtifactError as exc:
+            raise ArtifactError("; ".join([*problems, str(exc)])) from exc
+        data = (self.store.path(version) / self.MODEL_FILE).read_bytes()
+        if hashlib.sha256(data).hexdigest() != manifest["files"].get(self.MODEL_FILE):
+            raise ArtifactError(f"bandit {version}: {self.MODEL_FILE} changed after verification")
+        return self._policy(data, version, str(self.store.path(version))), dict(manifest.get("meta", {}))
+
+    def _policy(self, data: bytes, version: str, where: str) -> VWPolicy:
+        try:
+            return VWPolicy.from_bytes(data, vw_config(self.s), version=version)
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"bandit {version} from {where}: VW cannot load it: {exc}") from exc
+
+    def load(self, version: str) -> VWPolicy:
+        policy, meta = self._load_with_meta(version)
+        policy.n_learned = int(meta.get("n_learned", 0) or 0)  # type: ignore[call-overload]
+        return policy
+
+    def load_for_learning(self) -> tuple[VWPolicy, str]:
+        """The policy to continue learning from and the last bandit:updates id it includes: the
+        newest VERIFIED version, promoted or not, falling back to older valid ones; a fresh policy
+        (replaying the whole updates stream) only when no version is valid."""
+        candidates = set(self.store.versions())
+        in_redis = self._redis_field("version")
+        if in_redis:
+            candidates.add(in_redis)
+        for version in sorted(candidates, key=lambda v: int(v[1:]), reverse=True):
+            try:
+                policy, meta = self._load_with_meta(version)
+            except (ArtifactError, OSError) as exc:
+                metrics.ERRORS.labels(kind="model_load_bandit").inc()
+                log.error("bandit learner: skipping unusable version %s: %s", version, exc)
+                continue
+            policy.n_learned = int(meta.get("n_learned", 0) or 0)  # type: ignore[call-overload]
+            return policy, str(meta.get("last_update_id", "0-0"))
+        if candidates:
+            log.error("bandit learner: NO valid bandit version among %s; learning starts from a FRESH policy "
+                      "and replays bandit:updates from the beginning", sorted(candidates))
+        return self.fresh(), "0-0"
+
+
+def ranker_holder(settings: Settings) -> ModelHolder[ranker_model.LTRModel]:
+    """The ranker this process serves, from models/ranker through the artifact store."""
     registry = FeatureRegistry(settings.retrievers)
 
-    def probe() -> str | None:
-        v = ranker_model.latest_version(directory)
-        return v.name if v is not None else None
-
-    def load(version: str) -> ranker_model.LTRModel:
+    def load(path: Path, version: str) -> ranker_model.LTRModel:
         # Refuses a model whose feature names differ from this registry (train = serve).
-        return ranker_model.load(directory / version, registry)
+        return ranker_model.load(path, registry, version=version)
 
-    return ModelHolder("ranker", probe, load)
+    return ModelHolder("ranker", StoreSource(ArtifactStore(settings.models_dir / "ranker", "ranker"), load))
 
 
-def load_retrievers(settings: Settings, client: redis.Redis | None) -> tuple[dict[str, Retriever], Any, Any]:
+class _NoVersions:
+    """The source of a model kind this process does not use (XR not in settings.retrievers)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def serving(self) -> str | None:
+        return None
+
+    def fallbacks(self) -> list[str]:
+        return []
+
+    def fingerprint(self, version: str) -> str:
+        return ""
+
+    def load(self, version: str) -> Retriever:
+        raise ArtifactError(f"{self.kind} is not enabled in this process")
+
+
+def xr_holder(settings: Settings, on_change: Callable[[Retriever], None] | None = None) -> ModelHolder[Retriever]:
+    """The XR-Linear model this process serves (none when "xr" is not among settings.retrievers).
+    The store verifies every file's SHA-256 before PECOS reads it: libpecos aborts the process
+    (uncatchable) on a truncated model file."""
+    from retrievers.xr_linear import XRLinearRetriever
+
+    def load(path: Path, version: str) -> Retriever:
+        return XRLinearRetriever.load(path, version=version)
+
+    source: StoreSource[Retriever] | _NoVersions = (
+        StoreSource(ArtifactStore(settings.models_dir / "xr", "xr"), load) if "xr" in settings.retrievers
+        else _NoVersions("xr"))
+    return ModelHolder("xr", source, on_change=on_change)
+
+
+def load_retrievers(settings: Settings, client: redis.Redis | None, *,
+                    xr: ModelHolder[Retriever] | None = None) -> tuple[dict[str, Retriever], Any, Any]:
     """Returns (retrievers by name, dense retriever, q2e store). A missing index is skipped with
-    a warning, so a partial build still serves."""
+    a warning, so a partial build still serves. XR comes from `xr` (a holder the caller keeps to
+    hot-swap it) or from a holder made here."""
     from retrievers.dense import DenseRetriever
     from retrievers.lexical import TantivyRetriever
     from retrievers.q2e import Q2ERetriever, RedisQ2EStore
-    from retrievers.xr_linear import XRLinearRetriever
-    from retrievers.xr_linear import latest_version as xr_latest
 
     out: dict[str, Retriever] = {}
     dense = q2e_store = None
@@ -174,9 +296,9 @@ def load_retrievers(settings: Settings, client: redis.Redis | None) -> tuple[dic
         dense = DenseRetriever.load(idx / "dense", config_overrides={"onnx_precision": settings.query_encoder})
         out["dense"] = dense
     if "xr" in wanted:
-        latest = xr_latest(settings.models_dir / "xr")
-        if latest is not None:
-            out["xr"] = XRLinearRetriever.load(Path(latest))
+        model = (xr if xr is not None else xr_holder(settings)).current()
+        if model is not None:
+            out["xr"] = model
     if "q2e" in wanted and client is not None:
         q2e_store = RedisQ2EStore(client, prefix=f"{Keys().prefix}:q2e")
         out["q2e"] = Q2ERetriever(q2e_store)
@@ -184,21 +306,6 @@ def load_retrievers(settings: Settings, client: redis.Redis | None) -> tuple[dic
     if missing:
         log.warning("serving without %s: build them with `ltrr index build` / `ltrr train`", sorted(missing))
     return out, dense, q2e_store
-
-
-def xr_holder(settings: Settings, current: Any, on_change: Any) -> ModelHolder:
-    from retrievers.xr_linear import XRLinearRetriever
-    from retrievers.xr_linear import latest_version as xr_latest
-
-    root = settings.models_dir / "xr"
-
-    def probe() -> str | None:
-        latest = xr_latest(root)
-        return latest.name if latest is not None else None
-
-    version = f"v{current.version:04d}" if current is not None and isinstance(current.version, int) else None
-    return ModelHolder("xr", probe, lambda v: XRLinearRetriever.load(root / v), initial=(current, version),
-                       on_change=on_change)
 
 
 def single_threaded_kernels() -> None:
@@ -224,29 +331,44 @@ class Runtime:
         t = time.perf_counter()
         self.redis, self.redis_server = connect_redis(settings)
         self.catalog = Catalog.load(settings.catalog)
-        retrievers, self.dense, self.q2e_store = load_retrievers(settings, self.redis)
+        # Every model kind comes from a holder: verified, promoted version, falling back to the
+        # previous promoted ones when the newest is broken (never a process abort in PECOS).
+        self.xr = xr_holder(settings)
+        retrievers, self.dense, self.q2e_store = load_retrievers(settings, self.redis, xr=self.xr)
         self.bandit_store = BanditStore(settings, self.redis, self.keys)
-        policy, version = self.bandit_store.current_or_fresh()
-        self.policy = ModelHolder("bandit", self.bandit_store.probe, self.bandit_store.load,
-                                  initial=(policy, version))
+        self.policy: ModelHolder[VWPolicy] = ModelHolder("bandit", self.bandit_store, default=self.bandit_store.fresh)
+        version = self.policy.version
         self.ranker = ranker_holder(settings)
         self.decision_log = JsonlWriter(settings.logs_dir, "decisions")
         parts = Components(catalog=self.catalog, retrievers=retrievers, policy=self.policy, ranker=self.ranker,
                            q2e_store=self.q2e_store, dense=self.dense)
-        self.pipeline = SearchPipeline(settings, parts, self.redis, self.keys, self.decision_log)
-        self.xr = xr_holder(settings, retrievers.get("xr"), self._swap_xr)
+        self.activity = ActivityRecorder(self.redis, self.keys)
+        self.pipeline = SearchPipeline(settings, parts, self.redis, self.keys, self.decision_log,
+                                       activity=self.activity)
+        self.xr.on_change = self._swap_xr
+        self.suggest_model = suggest_holder(settings)
         self.pipeline.warm_up()
         self.ingest = FeedbackIngest(self.redis, self.keys, decision_ttl_s=settings.decision_ttl_s)
         self.worker = None
+        self.trainer: ModelTrainer | None = None
         self._start_worker = settings.embedded_worker if start_worker is None else start_worker
         self.reloader: Reloader | None = None
         log.info("runtime ready in %.1fs: %d tracks, retrievers %s, bandit %s, ranker %s",
                  time.perf_counter() - t, len(self.catalog), sorted(retrievers), version, self.ranker.version)
 
     def holders(self) -> list[ModelHolder]:
-        return [self.policy, self.ranker, self.xr]
+        return [self.policy, self.ranker, self.xr, self.suggest_model]
 
-    def _swap_xr(self, model: Any) -> None:
+    @property
+    def suggest(self) -> SuggestService | None:
+        """The serving suggest model (GET /suggest), None until one is built."""
+        return self.suggest_model.current()
+
+    def model_status(self) -> dict[str, dict[str, object]]:
+        """Per kind: version served, promoted version, versions refused here, fallback (for /health)."""
+        return {h.kind: h.status() for h in self.holders()}
+
+    def _swap_xr(self, model: Retriever) -> None:
         # Retrievers are read per search from this dict, so one assignment swaps the model.
         self.pipeline.p.retrievers["xr"] = model
 
@@ -258,7 +380,10 @@ class Runtime:
             from services.worker import FeedbackWorker
 
             self.worker = FeedbackWorker(self.settings, self.redis, self.keys, q2e_store=self.q2e_store,
-                                         catalog=self.catalog, policy_factory=self.bandit_store).start()
+                                         catalog=self.catalog, bandit_store=self.bandit_store,
+                                         activity=self.activity).start()
+            # Retraining lives beside the learner (a lease picks one process across replicas).
+            self.trainer = ModelTrainer(self.settings, self.redis, self.keys, self.catalog.documents()).start()
         if self.reloader is None:
             self.reloader = Reloader(self.holders(), self.settings.reload_check_s).start()
 
@@ -272,11 +397,23 @@ class Runtime:
         return self.worker is not None and self.worker.alive()
 
     def close(self) -> None:
-        if self.reloader:
-            self.reloader.stop()
-        if self.worker:
-            self.worker.stop()
-        self.pipeline.close()
-        self.decision_log.close()
-        if self.redis_server:
-            self.redis_server.stop()
+        """Stops everything this runtime started, in dependency order (the worker's last
+        checkpoint still needs Redis). Each step runs even when an earlier one fails (Redis
+        down at shutdown used to abort here and skip the rest); calling it twice is harmless."""
+        steps: list[tuple[str, Any]] = [
+            ("model reloader", self.reloader.stop if self.reloader else None),
+            ("model trainer", self.trainer.stop if self.trainer else None),
+            ("feedback worker", self.worker.stop if self.worker else None),
+            ("search pipeline", self.pipeline.close),
+            ("decision log", self.decision_log.close),
+            ("redis connections", self.redis.close),
+            ("redis-server", self.redis_server.stop if self.redis_server else None),
+        ]
+        self.reloader = self.worker = self.trainer = None
+        for name, stop in steps:
+            if stop is None:
+                continue
+            try:
+                stop()
+            except Exception as exc:
+                log.warning("shutdown: stopping the %s failed: %s", name, exc)

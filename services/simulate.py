@@ -46,9 +46,9 @@ import numpy as np
 from retrievers.pseudo_queries import MOOD_WORDS
 from retrievers.text import normalize, strip_version
 from services.catalog import Catalog, Track
-from services.config import RewardConfig, Settings
+from services.config import Settings
 from services.records import EventType, FeedbackEvent
-from services.rewards import aggregate, chosen_reward
+from services.rewards import RewardConfig, action_reward, aggregate, is_positive
 from services.typos import add_typos, partial
 
 log = logging.getLogger("ltrr.simulate")
@@ -378,7 +378,7 @@ class InProcessDriver:
         self.rt = Runtime(settings, start_worker=False)
         self.oracle = oracle
         self.worker = FeedbackWorker(settings, self.rt.redis, self.rt.keys, q2e_store=self.rt.q2e_store,
-                                     catalog=self.rt.catalog, policy_factory=self.rt.bandit_store,
+                                     catalog=self.rt.catalog, bandit_store=self.rt.bandit_store,
                                      consumer="simulator")
         self.worker.learner = BanditLearner(settings, self.rt.redis, self.rt.keys, self.rt.bandit_store,
                                             self.worker.training_log)
@@ -403,7 +403,7 @@ class InProcessDriver:
         # (simulated time) so searches nobody acted on are rewarded 0 without waiting 30 minutes.
         while self.worker.run_once(block_ms=1):
             pass
-        self.worker.sweep(time.time() + self.s.reward.join_window_s + 1.0)
+        self.worker.sweep(time.time() + self.s.reward.wait_s + 1.0)
         if self.worker.learner is not None and self.worker.learner.step():
             self.rt.policy.refresh()
         action = rec.actions[rec.chosen]
@@ -411,7 +411,8 @@ class InProcessDriver:
         for arm in action.arms:
             union.update(rec.candidates.get(arm, [])[: action.budget])
         # The worker's reward: events on items the chosen retrievers found (not a fallback's).
-        reward = chosen_reward(rec, _feedback_events(events, rec.search_id, rec.ts), self.s.reward)
+        reward = action_reward(rec, rec.actions[rec.chosen], _feedback_events(events, rec.search_id, rec.ts),
+                               self.s.reward)
         result = StepResult(q, rec.search_id, action.key, rec.propensity, list(rec.served), events, reward, ms,
                             target_in_union=bool(union & set(q.targets)) if q.targets else None,
                             relevant_in_union=len(union & q.relevant), target_rank=_target_rank(q, rec.served))
@@ -431,7 +432,7 @@ class InProcessDriver:
         return out
 
     def finish(self) -> None:
-        self.worker.sweep(time.time() + self.s.reward.join_window_s + 1.0)
+        self.worker.sweep(time.time() + self.s.reward.wait_s + 1.0)
         if self.worker.learner is not None:
             while self.worker.learner.step():
                 pass
@@ -507,8 +508,9 @@ def retrieval_reward(q: SimQuery, found: set[str] | frozenset[str], budget: int 
 
 
 # --- summary ------------------------------------------------------------------------------------
-def summarize(results: Sequence[StepResult]) -> tuple[list[tuple], list[tuple]]:
+def summarize(results: Sequence[StepResult], cfg: RewardConfig | None = None) -> tuple[list[tuple], list[tuple]]:
     """(rows by intent, rows of action shares by family)."""
+    cfg = cfg or RewardConfig()
     by_intent: dict[str, list[StepResult]] = defaultdict(list)
     for r in results:
         by_intent[r.query.intent].append(r)
@@ -517,7 +519,7 @@ def summarize(results: Sequence[StepResult]) -> tuple[list[tuple], list[tuple]]:
         rs = list(results) if intent == "all" else by_intent.get(intent, [])
         if not rs:
             continue
-        positive = [any(e.type in ("click", "play", "like") for e in r.events) for r in rs]
+        positive = [any(is_positive(e, cfg) for e in r.events) for r in rs]
         tr = [r.target_rank for r in rs if r.query.targets]
         tu = [r.target_in_union for r in rs if r.target_in_union is not None]
         rows.append((intent, len(rs), f"{np.mean([r.reward for r in rs]):.3f}", f"{np.mean(positive):.3f}",
@@ -610,7 +612,7 @@ def main(args: argparse.Namespace, settings: Settings) -> None:
                                      progress=not args.quiet)
     except ConnectionError as exc:
         raise CliError(str(exc)) from None
-    rows, shares = summarize(results)
+    rows, shares = summarize(results, settings.reward)
     print(f"\n{len(results)} simulated searches in {time.perf_counter() - t:.1f}s "
           f"({'HTTP ' + args.url if args.url else 'in-process'}, seed {args.seed}, {cfg.click_model})\n")
     _print_rows(rows, ("intent", "n", "reward", "click rate", "target@10", "target retrieved", "p50 ms"))

@@ -6,9 +6,9 @@ double counts:
 
 * per event (Lua, SET NX on the event id): counts, the search's event list, the user's genre
   affinity; Q2E statistics (its own Lua, idempotent by event id as well);
-* per search, once (Lua, SET NX on the search id): the rewarded decision is appended to the
-  durable `bandit:updates` stream. With aggregation "first" that happens at the first positive
-  event; otherwise, and for searches nobody acted on (reward 0), when the join window closes.
+* per search, once (Lua, SET NX on the search id): when its reward wait ends (services.rewards:
+  the same wait for every search, acted on or not), the decision with every event of the wait and
+  its reward is appended to the durable `bandit:updates` stream.
 
 The bandit model is a deterministic consumer of `bandit:updates`: its checkpoint stores the last
 update id it includes, and a restarted learner replays from there. Exactly one worker learns at a
@@ -24,20 +24,25 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from bandit.actions import Action
+from bandit.policy import VWPolicy
+from retrievers.q2e import Q2EEvent, Q2EStore
 from retrievers.text import normalize
 from services import metrics
+from services.catalog import Catalog
 from services.config import Settings
 from services.feedback import decode_event
+from services.gate import BanditGate
 from services.jsonl_log import JsonlWriter
 from services.keys import Keys
 from services.records import DecisionRecord, FeedbackEvent, JoinedRecord
-from services.rewards import chosen_reward, is_positive, subset_rewards
+from services.rewards import action_reward, is_positive, subset_rewards
 
 log = logging.getLogger("ltrr.worker")
 
@@ -65,15 +70,40 @@ return 1
 """
 
 
+class BanditStoreLike(Protocol):
+    """What the learner needs of the bandit's artifact store (services.runtime.BanditStore)."""
+
+    def load_for_learning(self) -> tuple[VWPolicy, str]: ...
+
+    def publish(self, policy: VWPolicy, last_update_id: str = "0-0", *, promote: bool = False,
+                report: Mapping[str, object] | None = None) -> str: ...
+
+    def promote(self, version: str, report: Mapping[str, object]) -> None: ...
+
+    def refuse(self, version: str, report: Mapping[str, object]) -> None: ...
+
+    def prune(self) -> None: ...
+
+
+class ActivityLike(Protocol):
+    """Per-minute activity counters for the web page (services.activity.ActivityRecorder)."""
+
+    def record_reward(self, client: redis.Redis, action_key: str, reward: float, lag_s: float | None,
+                      ts: float) -> None: ...
+
+
 class FeedbackWorker:
-    def __init__(self, settings: Settings, client: redis.Redis, keys: Keys, *, q2e_store: Any | None,
-                 catalog: Any, policy_factory: Any, consumer: str | None = None):
+    def __init__(self, settings: Settings, client: redis.Redis, keys: Keys, *, q2e_store: Q2EStore | None,
+                 catalog: Catalog, bandit_store: BanditStoreLike, consumer: str | None = None,
+                 activity: ActivityLike | None = None):
+        self.settings = settings
         self.s = settings
         self.r = client
         self.keys = keys
         self.q2e = q2e_store
         self.catalog = catalog
-        self.policy_factory = policy_factory  # services.runtime.BanditStore
+        self.bandit_store = bandit_store
+        self.activity = activity
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._apply = client.register_script(_LUA_APPLY)
         self._finalize = client.register_script(_LUA_FINALIZE)
@@ -148,23 +178,19 @@ class FeedbackWorker:
                         client=pipe)
             if rec is not None:
                 by_search[ev.search_id].append(ev)
-                if self.q2e is not None:
-                    from retrievers.q2e import Q2EEvent
-
+                if self.q2e is not None and self.s.learn_q2e:
                     q2e_events.append(Q2EEvent(ev.event_id, rec.query_norm, ev.track_id, ev.type, ev.timestamp))
             else:
                 metrics.ERRORS.labels(kind="feedback_decision_expired").inc()
         pipe.execute()
-        if self.q2e is not None:
+        if self.q2e is not None and self.s.learn_q2e:
             for sid in by_search:
                 rec = decisions[sid]
                 self.q2e.impressions(rec.query_norm, rec.served, sid, ts=rec.ts)
             if q2e_events:
                 self.q2e.apply_events(q2e_events)
-        if self.s.reward.aggregation == "first":
-            for sid, evs in by_search.items():
-                if any(is_positive(e, self.s.reward) for e in evs):
-                    self.finalize(decisions[sid])
+        # No search is rewarded here: every search waits for the end of its reward wait (sweep),
+        # so acted-on and silent searches reach the bandit after the same delay.
         for _, ev in events:
             metrics.WORKER_EVENTS.labels(type=ev.type).inc()
         self.r.xack(self.keys.feedback_stream, self.keys.group, *[m for m, _ in events], *bad)
@@ -184,12 +210,12 @@ class FeedbackWorker:
         """Rewards one search, once. Reads every applied event of the search from Redis."""
         raw = self.r.lrange(self.keys.search_events(rec.search_id), 0, -1)
         events = [FeedbackEvent.model_validate_json(x) for x in raw]
-        reward = chosen_reward(rec, events, self.s.reward)
+        reward = action_reward(rec, rec.actions[rec.chosen], events, self.s.reward)
         joined = JoinedRecord(**rec.model_dump(), events=events, reward=reward)
         payload = {"record": json.loads(joined.model_dump_json())}
         if rec.shadow:
-            payload["subset_rewards"] = subset_rewards(rec, events, self.s.reward)
-        if self.q2e is not None:
+            payload["subset_rewards"] = subset_rewards(rec, rec.actions, events, self.s.reward)
+        if self.q2e is not None and self.s.learn_q2e:
             self.q2e.impressions(rec.query_norm, rec.served, rec.search_id, ts=rec.ts)
         done = self._finalize(keys=[self.keys.finalized(rec.search_id), self.keys.bandit_updates, self.keys.counts,
                                     self.keys.pending],
@@ -197,8 +223,8 @@ class FeedbackWorker:
         return bool(done)
 
     def sweep(self, now: float) -> int:
-        """Closes join windows: searches past their deadline are rewarded with what they got
-        (0 when nobody acted)."""
+        """Ends reward waits: searches past their deadline are rewarded with what they got (0 when
+        nobody acted)."""
         due = self.r.zrangebyscore(self.keys.pending, "-inf", now, start=0, num=500)
         if not due:
             return 0
@@ -214,7 +240,7 @@ class FeedbackWorker:
 
     # --- threads -------------------------------------------------------------------------------
     def start(self) -> FeedbackWorker:
-        self.learner = BanditLearner(self.s, self.r, self.keys, self.policy_factory, self.training_log)
+        self.learner = BanditLearner(self.s, self.r, self.keys, self.bandit_store, self.training_log, self.activity)
         self._thread = threading.Thread(target=self._run, name="feedback-worker", daemon=True)
         self._thread.start()
         return self
@@ -256,7 +282,8 @@ class BanditLearner:
 
     LEASE_S = 15
 
-    def __init__(self, settings: Settings, client: redis.Redis, keys: Keys, store: Any, training_log: JsonlWriter):
+    def __init__(self, settings: Settings, client: redis.Redis, keys: Keys, store: BanditStoreLike,
+                 training_log: JsonlWriter, activity: ActivityLike | None = None):
         self.s = settings
         self.r = client
         self.keys = keys
@@ -264,12 +291,14 @@ class BanditLearner:
         self.training_log = training_log
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self)}"
         self.lease_key = f"{keys.prefix}:bandit:lease"
-        self.policy: Any = None
+        self.policy: VWPolicy | None = None
         self.last_id = "0-0"
         self.since_checkpoint = 0
         self.applied = 0  # updates applied by this process (benchmarks watch it for the lag)
         self.last_checkpoint = time.monotonic()
         self.leader = False
+        self.gate = BanditGate(settings.gate_tolerance)
+        self.activity = activity
 
     def _acquire(self) -> bool:
         ok = self.r.set(self.lease_key, self.owner, nx=True, ex=self.LEASE_S)
@@ -303,27 +332,52 @@ class BanditLearner:
         rec = JoinedRecord.model_validate(payload["record"])
         actions = [Action(tuple(a.arms), a.budget) for a in rec.actions]
         latency = sum(rec.retriever_ms.values()) if rec.retriever_ms else None
-        if rec.shadow and "subset_rewards" in payload:
-            self.policy.learn_full_information(rec.context, actions, payload["subset_rewards"])
-        else:
-            self.policy.learn(rec.context, actions, rec.chosen, rec.reward, rec.propensity, latency)
+        if self.s.learn_bandit:
+            # Progressive validation: the learning policy is scored on this search before it
+            # learns from it (services.gate.BanditGate).
+            p_new = self.policy.decide(rec.context, actions).probabilities[rec.chosen]
+            net = -self.policy.config.cost.cost(rec.reward, actions[rec.chosen], latency, rec.context)
+            self.gate.observe(p_new, rec.propensity, net)
+            if rec.shadow and "subset_rewards" in payload:
+                self.policy.learn_full_information(rec.context, actions, payload["subset_rewards"])
+            else:
+                self.policy.learn(rec.context, actions, rec.chosen, rec.reward, rec.propensity, latency)
         key = actions[rec.chosen].key
         metrics.REWARDED.labels(action=key).inc()
         metrics.REWARDS.labels(action=key).inc(rec.reward)
         first_event_ms = min((e.timestamp for e in rec.events), default=None)
-        if first_event_ms is not None:
-            metrics.FEEDBACK_LAG.observe(max(0.0, time.time() - first_event_ms))
+        lag = max(0.0, time.time() - first_event_ms) if first_event_ms is not None else None
+        if lag is not None:
+            metrics.FEEDBACK_LAG.observe(lag)
+        if self.activity is not None:
+            self.activity.record_reward(self.r, key, rec.reward, lag, time.time())
         self.training_log.write(rec.model_dump_json())
         self.last_id = entry_id
         self.since_checkpoint += 1
         self.applied += 1
 
     def checkpoint(self, force: bool = False) -> str | None:
+        """Saves the learning state (a new version, resumable after a crash) and promotes it to
+        serving only if the gate says it is no worse than the serving policy."""
         due = self.since_checkpoint >= self.s.checkpoint_every or \
             time.monotonic() - self.last_checkpoint >= self.s.checkpoint_seconds
-        if not self.leader or self.since_checkpoint == 0 or not (due or force):
+        if not self.leader or self.since_checkpoint == 0 or not (due or force) or not self.s.learn_bandit:
             return None
-        version = self.store.publish(self.policy, self.last_id)
+        result = self.gate.evaluate()
+        version = self.store.publish(self.policy, self.last_id, promote=False)
+        if result.promote:
+            self.store.promote(version, result.report)
+            decision = "promoted"
+        elif len(self.gate) >= self.gate.min_searches:
+            # Refused on evidence (not for lack of it): logged, and the evidence window restarts.
+            self.store.refuse(version, result.report)
+            decision = "refused"
+        else:
+            decision = "held"  # kept for resuming; promoted once enough searches have been scored
+        if decision != "held":
+            self.gate.reset()
+        self.store.prune()
+        metrics.GATE_DECISIONS.labels(kind="bandit", decision=decision).inc()
         self.since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
         return version

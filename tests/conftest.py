@@ -78,7 +78,8 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     catalog = Catalog.load(CATALOG_PATH)
-    build_indexes(settings, catalog, client, progress=False)
+    # Suggest trains its own small model in tests/test_suggest.py; the full one would add minutes here.
+    build_indexes(settings, catalog, client, only=("lexical", "dense", "q2e", "xr"), progress=False)
     rt = Runtime(settings, start_worker=False)
     try:
         train_coldstart(settings, rt, n_queries=COLDSTART_QUERIES, progress=False)

@@ -36,8 +36,9 @@ def test_get_and_post_search(api) -> None:
     ({"q": "ok", "limit": 101}, "limit", "less than or equal to 100"),
     ({"q": "ok", "limit": "ten"}, "limit", "integer"),
     ({}, "q", "required"),
-    ({"q": "ok", "device": "toaster"}, "context.device", "mobile"),
-    ({"q": "ok", "locale": "<script>"}, "context.locale", "pattern"),
+    # GET names the query parameter the client sent; POST names the JSON path (context.device).
+    ({"q": "ok", "device": "toaster"}, "device", "mobile"),
+    ({"q": "ok", "locale": "<script>"}, "locale", "pattern"),
 ])
 def test_search_validation_errors_are_422_naming_the_field(api, params, field, words) -> None:
     _, c = api
@@ -53,6 +54,8 @@ def test_post_search_rejects_unknown_fields_and_bad_json(api) -> None:
     _, c = api
     r = c.post("/search", json={"q": "x", "boost": 5})
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "boost"
+    r = c.post("/search", json={"q": "x", "context": {"device": "toaster"}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "context.device"
     r = c.post("/search", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
 
@@ -106,6 +109,59 @@ def test_errors_never_leak_internals(api, monkeypatch) -> None:
 
 def test_query_string_and_body_size_limits(api) -> None:
     _, c = api
-    assert c.get("/search?q=" + "a" * 5000).status_code == 414
+    assert c.get("/search?q=" + "a" * 13_000).status_code == 414
+    # A valid query of 512 four-byte characters fits: 6 KiB percent-encoded.
+    assert c.get("/search", params={"q": "🎵" * 512}).status_code == 200
     r = c.post("/search", content=b'{"q": "' + b"a" * 1_100_000 + b'"}', headers={"content-type": "application/json"})
     assert r.status_code == 413
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code"), [
+    ("/feedback", b"[" * 2000 + b"]" * 2000, 422, "invalid_json"),
+    ("/feedback", b'{"events": ' + b"[" * 40 + b"]" * 40 + b"}", 422, "invalid_json"),
+    ("/feedback", b'{"search_id": "\\ud800", "track_id": "t", "position": 1, "type": "click"}', 422, "invalid_json"),
+    ("/feedback", b'{"user_id": "a\\udfffb", "search_id": "s", "track_id": "t", "position": 1, "type": "click"}',
+     422, "invalid_json"),
+    ("/search", b'{"q": "\\ud800 x"}', 422, "validation_error"),
+    ("/search", b'{"q": "ok", "user_id": "\\ud800"}', 422, "validation_error"),
+    ("/search", b'{"\\ud800": 1, "q": "ok"}', 422, "validation_error"),
+    ("/search", b"[" * 2000 + b"]" * 2000, 400, "invalid_body"),
+    ("/search", b'{"q": "ok", "debug": "yes"}', 422, "validation_error"),
+    ("/search", b'{"q": "ok", "limit": true}', 422, "validation_error"),
+    ("/search", b'{"q": "ok", "limit": "5"}', 422, "validation_error"),
+    ("/search", b'{"q": "ok", "context": {"timestamp": "1700000000"}}', 422, "validation_error"),
+])
+def test_hostile_bodies_get_4xx_not_500(api, path, body, status, code) -> None:
+    _, c = api
+    r = c.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": "k-123"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_strict_types_accept_what_the_schema_says(api) -> None:
+    _, c = api
+    ok = c.post("/search", json={"q": "ok", "limit": 3, "debug": False, "context": {"timestamp": 1700000000}})
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 3
+    assert c.get("/search", params={"q": "ok", "debug": "yes"}).status_code == 422
+    assert c.get("/search", params={"q": "ok", "debug": "1", "limit": 2}).json()["debug"] is not None
+
+
+def test_feedback_needs_json_content_type_415(api) -> None:
+    _, c = api
+    good = b'{"search_id": "s", "track_id": "t", "position": 1, "type": "click"}'
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"X-API-Key": "k-123"} | ({"content-type": ctype} if ctype else {})
+        r = c.post("/feedback", content=good, headers=headers)
+        assert r.status_code == 415, (ctype, r.text)
+        assert r.json()["error"]["code"] == "unsupported_media_type"
+    # application/json with a charset is fine (422 here: the search id is unknown).
+    r = c.post("/feedback", content=good, headers={"X-API-Key": "k-123",
+                                                   "content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "search_id"
+
+
+def test_405_names_the_allowed_methods(api) -> None:
+    _, c = api
+    r = c.delete("/search")
+    assert r.status_code == 405 and set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    assert r.json()["error"]["code"] == "method_not_allowed"

@@ -1,20 +1,16 @@
 """The retriever-selection bandit: valid distributions, exploration floors, learning a context ->
 retriever mapping (on-policy, off-policy from uniform logs, and full-information shadow mode),
-serialization, baselines and checkpoints."""
+serialization and baselines (versioned, verified bandit artifacts: tests/test_artifacts.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 
 from bandit.actions import Action, action_features, enumerate_actions, render_action
 from bandit.arm_stats import ArmStats
-from bandit.checkpoint import CheckpointError, list_versions, load_checkpoint, load_latest, save_checkpoint
 from bandit.context import CONTEXT_FEATURES, build_context, render_shared
 from bandit.policy import CostModel, FixedPolicy, UniformRandomPolicy, VWConfig, VWPolicy
 from bandit.shadow import subset_latencies, subset_rewards
@@ -282,50 +278,6 @@ def test_fixed_and_uniform_baselines(actions: list[Action]) -> None:
         assert d.probabilities == [1 / len(actions)] * len(actions) and d.propensity == 1 / len(actions)
         counts[d.chosen] += 1
     assert min(counts) > 120  # ~200 expected each
-
-
-def test_checkpoints_versioned_and_verified(tmp_path: Path, actions: list[Action]) -> None:
-    config = VWConfig(cost=CostModel(latency_lambda=LAMBDA))
-    policy = VWPolicy(config)
-    _simulate_on_policy(policy, actions, 100, seed=8)
-    stats = ArmStats()
-    stats.observe_latency("dense", 12.0)
-    with pytest.raises(CheckpointError, match="no bandit checkpoint"):
-        load_latest(tmp_path)
-    assert save_checkpoint(tmp_path, policy, stats) == "v0001"
-    _simulate_on_policy(policy, actions, 100, seed=9)
-    assert save_checkpoint(tmp_path, policy) == "v0002" and policy.version == "v0002"
-    assert list_versions(tmp_path) == [1, 2]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
-    loaded, loaded_stats, meta = load_latest(tmp_path)
-    assert loaded.version == "v0002" and meta["n_learned"] == 200 and loaded_stats is None
-    assert loaded.config == config
-    ctx = _context(0, random.Random(1))
-    assert loaded.probabilities(ctx, actions) == policy.probabilities(ctx, actions)
-    v1, v1_stats, _ = load_checkpoint(tmp_path, "v0001")
-    assert v1.version == "v0001"
-    assert v1_stats is not None and v1_stats.latency_ms("dense") == 12.0
-
-    # Corrupt the newest model: loading must fail loudly, naming the file, not serve garbage.
-    model = tmp_path / "bandit-v0002.vw"
-    data = bytearray(model.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    model.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"bandit-v0002\.vw is corrupt"):
-        load_latest(tmp_path)
-    # Truncated model whose meta was rewritten to match: VW itself must reject it.
-    model.write_bytes(bytes(data[:40]))
-    meta_path = tmp_path / "bandit-v0002.json"
-    m = json.loads(meta_path.read_text())
-    m["sha256"] = hashlib.sha256(bytes(data[:40])).hexdigest()
-    meta_path.write_text(json.dumps(m))
-    with pytest.raises(CheckpointError, match="cannot be loaded"):
-        load_latest(tmp_path)
-    meta_path.write_text("{not json")
-    with pytest.raises(CheckpointError, match="unreadable"):
-        load_latest(tmp_path)
-    # The next save still gets a fresh version number.
-    assert save_checkpoint(tmp_path, policy) == "v0003"
 
 
 def test_fast_path_and_cached_lines_match_public_api(actions: list[Action]) -> None:

@@ -39,7 +39,7 @@ def service(built_settings, fresh_redis_state):
 
 def make_worker(rt: Runtime, consumer: str = "test-worker") -> FeedbackWorker:
     w = FeedbackWorker(rt.settings, rt.redis, rt.keys, q2e_store=rt.q2e_store, catalog=rt.catalog,
-                       policy_factory=rt.bandit_store, consumer=consumer)
+                       bandit_store=rt.bandit_store, consumer=consumer)
     from services.worker import BanditLearner
 
     w.learner = BanditLearner(rt.settings, rt.redis, rt.keys, rt.bandit_store, w.training_log)
@@ -179,13 +179,16 @@ def test_redis_down_feedback_503_search_still_answers_and_both_recover(built_set
         fb = client.post("/feedback", json={"search_id": sid, "track_id": tid, "position": 1, "type": "click"})
         assert fb.status_code == 503 and fb.headers["retry-after"] == "1"
         assert fb.json()["error"]["code"] == "unavailable"
-        assert client.get("/health").json()["status"] == "degraded"
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        assert health.json()["redis"] is False
         server.start()
         r = client.get("/search", params={"q": "bad guy"})
         sid, tid = r.json()["search_id"], r.json()["results"][0]["track_id"]
         fb = client.post("/feedback", json={"search_id": sid, "track_id": tid, "position": 1, "type": "play"})
         assert fb.status_code == 202, fb.text
-        assert client.get("/health").json()["status"] == "ok"
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
     finally:
         rt.close()
         server.stop()
@@ -238,7 +241,7 @@ def test_bandit_learns_from_clicks_that_one_retriever_alone_finds(built_settings
     settings, _ = built_settings
     cfg = settings.model_copy(update={"exploration": "epsilon", "epsilon": 0.5, "checkpoint_every": 10,
                                       "retriever_timeout_ms": 2000,
-                                      "reward": settings.reward.model_copy(update={"join_window_s": 0.05})})
+                                      "reward": settings.reward.model_copy(update={"wait_s": 0.05})})
     rt = Runtime(cfg, start_worker=False)
     # Start from an untrained policy of this test's configuration: the cold-start model was
     # trained with the service default (SquareCB) and would make "before" depend on it.

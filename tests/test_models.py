@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
+from services.artifacts import ArtifactStore
 from services.runtime import Runtime
 
 
@@ -26,33 +28,42 @@ def runtime(built_settings, fresh_redis_state, tmp_path):
     rt.close()
 
 
+def _damage(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def test_new_ranker_version_is_picked_up_and_a_corrupt_one_refused(runtime: Runtime) -> None:
     before = runtime.ranker.version
+    store = ArtifactStore(runtime.settings.models_dir / "ranker", "ranker")
     model = runtime.ranker.current()
-    path = model.save(runtime.settings.models_dir / "ranker")
-    assert runtime.ranker.refresh() and runtime.ranker.version == path.name != before
-    bad = runtime.settings.models_dir / "ranker" / "ranker-v0099"
-    shutil.copytree(path, bad)
-    (bad / "model.txt").write_text("tree\nnot a lightgbm model\n")
+    good = store.publish(model.write, {"source": "test"}, promote=True, report={"reason": "test"})
+    assert runtime.ranker.refresh() and runtime.ranker.version == good != before
+    bad = store.publish(model.write, {"source": "test"}, promote=True, report={"reason": "test"})
+    _damage(store.path(bad) / "model.txt")
     assert not runtime.ranker.refresh()
-    assert runtime.ranker.version == path.name and "ranker-v0099" in runtime.ranker.failed_versions
-    assert runtime.pipeline.search("shape of you", 5).record.ranker_version == path.name
+    assert runtime.ranker.version == good and runtime.ranker.status()["refused"] == [bad]
+    assert runtime.model_status()["ranker"]["fallback"] is True
+    assert runtime.pipeline.search("shape of you", 5).record.ranker_version == good
 
 
 def test_ranker_with_other_feature_names_is_refused(runtime: Runtime) -> None:
     current = runtime.ranker.version
-    src = runtime.settings.models_dir / "ranker" / current
-    bad = runtime.settings.models_dir / "ranker" / "ranker-v0098"
-    shutil.copytree(src, bad)
-    meta = json.loads((bad / "meta.json").read_text())
-    meta["feature_names"] = list(reversed(meta["feature_names"]))
-    (bad / "meta.json").write_text(json.dumps(meta))
+    store = ArtifactStore(runtime.settings.models_dir / "ranker", "ranker")
+    src = store.path(current)
+
+    def write(d: Path) -> None:
+        shutil.copy2(src / "model.txt", d / "model.txt")
+        meta = json.loads((src / "meta.json").read_text())
+        meta["feature_names"] = list(reversed(meta["feature_names"]))
+        (d / "meta.json").write_text(json.dumps(meta))
+
+    store.publish(write, {}, promote=True, report={"reason": "test"})
     assert not runtime.ranker.refresh() and runtime.ranker.version == current
 
 
 def test_bandit_versions_published_by_the_worker_reach_the_api(runtime: Runtime) -> None:
     store = runtime.bandit_store
-    policy, _ = store.current_or_fresh()
+    policy, _ = store.load_for_learning()
     version = store.publish(policy, "0-0")
     assert runtime.policy.refresh() and runtime.policy.version == version
     out = runtime.pipeline.search("gym rap", 5)
@@ -65,20 +76,41 @@ def test_bandit_versions_published_by_the_worker_reach_the_api(runtime: Runtime)
 
 
 def test_xr_model_reloads_and_corrupt_xr_is_refused(runtime: Runtime) -> None:
-    root = runtime.settings.models_dir / "xr"
-    current = runtime.xr.version
-    src = root / current
-    nxt = root / "v0050"
-    shutil.copytree(src, nxt)
-    meta = json.loads((nxt / "meta.json").read_text())
-    meta["version"] = 50
-    (nxt / "meta.json").write_text(json.dumps(meta))
-    assert runtime.xr.refresh() and runtime.xr.version == "v0050"
+    store = ArtifactStore(runtime.settings.models_dir / "xr", "xr")
+    current = runtime.xr.current()
+    nxt = store.publish(current.write, {}, promote=True, report={"reason": "test"})
+    assert runtime.xr.refresh() and runtime.xr.version == nxt
     assert runtime.pipeline.p.retrievers["xr"] is runtime.xr.current()
-    bad = root / "v0051"
-    shutil.copytree(nxt, bad)
-    for f in (bad / "model").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"corrupt")
-    assert not runtime.xr.refresh() and runtime.xr.version == "v0050"
+    bad = store.publish(runtime.xr.current().write, {}, promote=True, report={"reason": "test"})
+    for f in store.path(bad).rglob("W.npz"):
+        _damage(f)  # PECOS would abort this process on it: verification must refuse it first
+    assert not runtime.xr.refresh() and runtime.xr.version == nxt
     assert runtime.pipeline.p.retrievers["xr"].retrieve("shape of you ed sheeran", 5)
+
+
+def test_startup_falls_back_past_corrupt_newest_versions(runtime: Runtime) -> None:
+    """A corrupt newest ranker, bandit and XR: a NEW process starts, serving the previous ones."""
+    s = runtime.settings
+    prev = {"ranker": runtime.ranker.version, "bandit": runtime.policy.version, "xr": runtime.xr.version}
+    rankers, xrs = ArtifactStore(s.models_dir / "ranker", "ranker"), ArtifactStore(s.models_dir / "xr", "xr")
+    bad_ranker = rankers.publish(runtime.ranker.current().write, {}, promote=True, report={"reason": "test"})
+    _damage(rankers.path(bad_ranker) / "model.txt")
+    bad_xr = xrs.publish(runtime.xr.current().write, {}, promote=True, report={"reason": "test"})
+    for f in xrs.path(bad_xr).rglob("W.npz"):
+        _damage(f)
+    bad_bandit = runtime.bandit_store.publish(runtime.policy.current(), "0-0")
+    _damage(runtime.bandit_store.store.path(bad_bandit) / "model.vw")
+    raw = runtime.redis.hget(runtime.keys.bandit_model, "model")
+    runtime.redis.hset(runtime.keys.bandit_model, "model", raw[: len(raw) // 2])
+    rt = Runtime(s, start_worker=False)
+    try:
+        status = rt.model_status()
+        assert {k: v["version"] for k, v in status.items()} == prev
+        assert status["ranker"]["refused"] == [bad_ranker] and status["xr"]["refused"] == [bad_xr]
+        assert status["bandit"]["refused"] == [bad_bandit] and all(v["fallback"] for v in status.values())
+        rec = rt.pipeline.search("shape of you", 5).record
+        assert (rec.ranker_version, rec.bandit_version) == (prev["ranker"], prev["bandit"])
+        # The learner resumes from the previous valid bandit, not from a fresh v0000.
+        assert rt.bandit_store.load_for_learning()[0].version == prev["bandit"]
+    finally:
+        rt.close()

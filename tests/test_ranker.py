@@ -19,7 +19,7 @@ from ranker.features import (
     TrackFeatureCache,
     featurize,
 )
-from ranker.model import ModelLoadError, RankData, latest_version, load, load_latest, train
+from ranker.model import ModelLoadError, RankData, load, train
 from services.records import FeedbackEvent, JoinedRecord
 
 R = DEFAULT_REGISTRY
@@ -316,23 +316,21 @@ def small_model(catalog: list[Track]):
     return train(data.X, data.y, data.group, num_boost_round=20), data
 
 
-def test_save_load_round_trip_and_versions(tmp_path, small_model) -> None:
+def test_write_load_round_trip(tmp_path, small_model) -> None:
     model, data = small_model
-    assert latest_version(tmp_path) is None
-    p1 = model.save(tmp_path)
-    p2 = model.save(tmp_path)
-    assert (p1.name, p2.name) == ("ranker-v0001", "ranker-v0002") and latest_version(tmp_path) == p2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
-    meta = json.loads((p2 / "meta.json").read_text())
+    path = model.write(tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.txt"]
+    meta = json.loads((path / "meta.json").read_text())
     assert meta["feature_names"] == R.names and meta["registry_version"] == R.version and meta["n_queries"] == 60
-    loaded = load_latest(tmp_path)
-    assert loaded.version == "ranker-v0002"
+    assert "version" not in meta  # the artifact store names versions, not the library
+    loaded = load(path, version="v0002")
+    assert loaded.version == "v0002" and load(path).version is None
     np.testing.assert_array_equal(loaded.predict(data.X), model.predict(data.X))
 
 
 def test_load_refuses_mismatched_features(tmp_path, small_model) -> None:
     model, _ = small_model
-    path = model.save(tmp_path)
+    path = model.write(tmp_path)
     with pytest.raises(ModelLoadError, match="missing"):
         load(path, FeatureRegistry(["lexical", "dense"]))
     meta = json.loads((path / "meta.json").read_text())
@@ -344,17 +342,18 @@ def test_load_refuses_mismatched_features(tmp_path, small_model) -> None:
 
 def test_load_refuses_corrupt_files(tmp_path, small_model) -> None:
     model, _ = small_model
-    path = model.save(tmp_path)
+    path = model.write(tmp_path)
     text = (path / "model.txt").read_text()
     (path / "model.txt").write_text(text[: len(text) // 2])
     with pytest.raises(ModelLoadError, match="SHA-256"):
         load(path)
-    path2 = model.save(tmp_path)
+    (tmp_path / "two").mkdir()
+    path2 = model.write(tmp_path / "two")
     (path2 / "meta.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="cannot read"):
         load(path2)
-    with pytest.raises(ModelLoadError, match="no ranker version"):
-        load_latest(tmp_path / "empty")
+    with pytest.raises(ModelLoadError, match="cannot read"):
+        load(tmp_path / "empty")
 
 
 def test_train_rejects_bad_input() -> None:

@@ -1,4 +1,5 @@
-"""Start-up of the private redis-server: a server replaying a large AOF is waited for, not killed.
+"""The private redis-server: start-up (a server replaying a large AOF is waited for, not killed),
+one server per data directory (lock, join, take-over) and its supervisor (restart after SIGKILL).
 
 A real redis-server answers `-LOADING` while it replays its append-only file, for about a second
 per 100 MB. Producing that on demand would need hundreds of MB of AOF, so the wait loop is tested
@@ -8,8 +9,13 @@ every other test through the session fixture.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +24,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.redis_server import RedisServer, wait_ready
+from services.redis_server import EmbeddedRedis, RedisDirLocked, RedisJoinError, RedisServer, wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LOADING = b"-LOADING Redis is loading the dataset in memory\r\n"
 
@@ -113,3 +121,84 @@ def test_real_server_restarts_with_its_data(tmp_path: Path) -> None:
         redis.Redis.from_url(first.url).set("k", "v")
     with RedisServer(tmp_path / "r") as second:
         assert redis.Redis.from_url(second.url).get("k") == b"v"
+
+
+# --- one redis-server per data directory ------------------------------------------------------
+
+def test_a_second_process_on_the_same_dir_joins_instead_of_starting_a_server(tmp_path: Path) -> None:
+    owner = EmbeddedRedis(tmp_path / "r").open()
+    try:
+        lock = json.loads((tmp_path / "r" / "redis.lock").read_text())
+        assert lock["pid"] == os.getpid() and lock["redis_pid"] == owner.pid and lock["url"] == owner.url
+        # Another process (a CLI) on the same data dir: it joins through the lock file.
+        code = ("import sys; from services.redis_server import EmbeddedRedis; "
+                "e = EmbeddedRedis(sys.argv[1]).open(supervise=False); print(e.url, e.owner, e.pid); e.stop()")
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], capture_output=True, text=True,
+                             cwd=ROOT, timeout=60, check=True).stdout.split()
+        assert out == [owner.url, "False", "None"]
+        with pytest.raises(RedisDirLocked):
+            RedisServer(tmp_path / "r").start()  # a bare second server is refused outright
+        assert redis.Redis.from_url(owner.url).ping()  # the joiner's stop() left the owner's server running
+    finally:
+        owner.stop()
+    assert (tmp_path / "r" / "redis.lock").read_text() == ""
+
+
+def test_a_joiner_takes_over_on_the_same_port_when_the_owner_goes_away(tmp_path: Path) -> None:
+    owner = EmbeddedRedis(tmp_path / "r").open()
+    joiner = EmbeddedRedis(tmp_path / "r", check_s=0.05).open()
+    try:
+        assert not joiner.owner and joiner.url == owner.url
+        redis.Redis.from_url(owner.url).set("k", "v")
+        owner.stop()
+        client = redis.Redis.from_url(joiner.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if client.get("k") == b"v":
+                    break
+            time.sleep(0.05)
+        assert joiner.owner and client.get("k") == b"v"
+    finally:
+        joiner.stop()
+        owner.stop()
+
+
+def test_locked_dir_whose_redis_is_dead_is_a_clear_error(tmp_path: Path) -> None:
+    # A process holds the lock but its Redis does not answer (here: it never started one).
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from services.redis_server import DirLock; l = DirLock(sys.argv[1]); "
+        "assert l.try_acquire(); l.write({'pid': 1, 'url': 'redis://127.0.0.1:9/0'}); print('held', flush=True); "
+        "time.sleep(60)"), str(tmp_path / "r")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RedisJoinError, match="does not answer"):
+            EmbeddedRedis(tmp_path / "r", join_timeout=0.5).open()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died: the kernel dropped its flock, so the next process simply becomes the owner.
+    again = EmbeddedRedis(tmp_path / "r").open()
+    try:
+        assert again.owner
+    finally:
+        again.stop()
+
+
+def test_owner_restarts_a_killed_server_from_its_aof_and_reaps_it(tmp_path: Path) -> None:
+    owner = EmbeddedRedis(tmp_path / "r", check_s=0.05).open()
+    try:
+        client = redis.Redis.from_url(owner.url)
+        for i in range(100):
+            client.xadd("s", {"i": i})
+        old = owner.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (owner.pid == old or owner.restarts == 0):
+            time.sleep(0.05)
+        assert owner.restarts == 1 and owner.pid != old
+        assert not Path(f"/proc/{old}").exists()  # reaped, not a zombie
+        assert client.xlen("s") == 100  # same URL, every acknowledged write back from the AOF
+    finally:
+        owner.stop()

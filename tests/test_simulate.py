@@ -10,6 +10,7 @@ import pytest
 
 from retrievers.pseudo_queries import MOOD_WORDS
 from retrievers.text import normalize, strip_version
+from services.artifacts import ArtifactStore
 from services.catalog import Catalog
 from services.cli import main as cli_main
 from services.simulate import (
@@ -178,8 +179,8 @@ def test_in_process_simulation_runs_the_whole_loop(simulated) -> None:  # type: 
     if counts:  # the worker's idempotent per-event effects
         assert counts.get("events", 0) == sum(len(x.events) for x in results)
     # The learner published a model that learned from this traffic.
-    versions = sorted((Path(settings.models_dir) / "bandit").glob("bandit-v*.json"))
-    assert json.loads(versions[-1].read_text())["n_learned"] >= 100
+    bandits = ArtifactStore(Path(settings.models_dir) / "bandit", "bandit")
+    assert bandits.manifest(bandits.latest())["meta"]["n_learned"] >= 100
 
 
 def test_replay_on_the_simulated_log(simulated, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]

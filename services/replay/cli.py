@@ -200,17 +200,17 @@ def load_bandit(which: str, data_dir: Path | None) -> Any:
             return VWPolicy.from_bytes(path.read_bytes(), vw_config(settings), version=path.stem)
         except ValueError as exc:
             raise ReplayError(f"{path}: {exc}") from None
-    store = BanditStore(settings, None, Keys())
-    from services.models import versions_in
+    from services.artifacts import ArtifactError
 
-    versions = versions_in(store.dir, "bandit")
-    version = (versions[-1] if versions else None) if which == "latest" else which
+    store = BanditStore(settings, None, Keys())
+    versions = store.store.versions()
+    version = store.store.latest() if which == "latest" else which
     if version is None or version not in versions:
         raise ReplayError(f"bandit model {which!r} not found in {store.dir} "
                           f"(available: {', '.join(versions) or 'none'}; pass --data-dir)")
     try:
-        return store.load(version)
-    except (OSError, ValueError) as exc:
+        return store.load(version)  # verified against its manifest
+    except (OSError, ArtifactError) as exc:
         raise ReplayError(f"bandit model {version}: {exc}") from None
 
 
@@ -226,22 +226,27 @@ def make_estimators(names: str, clip: float | None) -> list[BaseOffPolicyEstimat
 
 
 def ranker_scorers(specs: Sequence[str], data_dir: Path | None) -> dict[str, Any]:
-    """Ranker versions to compare on the logged candidate lists (`latest` or `ranker-vNNNN`)."""
+    """Ranker versions to compare on the logged candidate lists (`latest`, `serving`, `vNNNN` or
+    `ranker-vNNNN`), each verified against its manifest before LightGBM reads it."""
     from ranker import model as ranker_model
     from ranker.features import FeatureRegistry
+    from services.artifacts import ArtifactError, ArtifactStore
     from services.config import Settings
 
     settings = Settings.from_env(**({"data_dir": data_dir} if data_dir is not None else {}))
-    root = settings.models_dir / "ranker"
+    store = ArtifactStore(settings.models_dir / "ranker", "ranker")
     registry = FeatureRegistry(settings.retrievers)
     out = {}
     for spec in specs:
-        path = ranker_model.latest_version(root) if spec == "latest" else root / spec
-        if path is None or not Path(path).is_dir():
-            raise ReplayError(f"ranker {spec!r} not found under {root}")
+        version = store.latest() if spec == "latest" else store.serving() if spec == "serving" \
+            else spec.removeprefix("ranker-")
+        if version is None or version not in store.versions():
+            raise ReplayError(f"ranker {spec!r} not found under {store.root} "
+                              f"(available: {', '.join(store.versions()) or 'none'})")
         try:
-            model = ranker_model.load(path, registry)
-        except ranker_model.ModelLoadError as exc:
+            store.verify(version)
+            model = ranker_model.load(store.path(version), registry, version=version)
+        except (ArtifactError, ranker_model.ModelLoadError) as exc:
             raise ReplayError(str(exc)) from None
 
         def scorer(x: np.ndarray, names: list[str], model: Any = model) -> np.ndarray:
@@ -249,7 +254,7 @@ def ranker_scorers(specs: Sequence[str], data_dir: Path | None) -> dict[str, Any
                 return np.full(x.shape[0], np.nan)  # logged with another registry: keep the served order
             return model.predict(x.astype(np.float32))
 
-        out[Path(path).name] = scorer
+        out[f"ranker-{version}"] = scorer
     return out
 
 
@@ -348,7 +353,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where saved bandit/ranker models live (default: LTRR_DATA_DIR or ./var)")
     p.add_argument("--greedy", action="store_true", help="evaluate bandit models greedily (no exploration)")
     p.add_argument("--ranker", action="append", default=[],
-                   help="ranker version (ranker-vNNNN or latest) to compare on the logged lists (repeatable)")
+                   help="ranker version (vNNNN, latest or serving) to compare on the logged lists (repeatable)")
     p.add_argument("--steps", action="append", default=[],
                    help="sim-steps-*.jsonl file or directory from `ltrr simulate` (query intents for the share plot; "
                         "default: looked for next to --log)")

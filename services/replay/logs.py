@@ -28,13 +28,16 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from services import rewards
 from services.records import ActionRecord, JoinedRecord
+from services.rewards import RewardConfig
+
+DEFAULT_REWARD = RewardConfig()
 
 ContextValue = float | str
 Context = dict[str, ContextValue]
 
 # Event types that make a served item relevant; a skip is an explicit negative and counts as no action.
-POSITIVE_EVENTS = frozenset({"click", "play", "like", "add_to_favorites"})
 
 _PROB_TOL = 1e-6
 _KEY_RE = re.compile(r"^(?P<arms>[^@]+)@(?P<budget>\d+)$")
@@ -187,21 +190,15 @@ class LogRow:
 RewardFn = Callable[[JoinedRecord, ActionRecord], float]
 
 
-def positive_items(rec: JoinedRecord) -> set[str]:
-    return {e.track_id for e in rec.events if e.type in POSITIVE_EVENTS}
+def positive_items(rec: JoinedRecord, cfg: RewardConfig = DEFAULT_REWARD) -> set[str]:
+    return rewards.positive_items(rec.events, cfg)
 
 
 def union_hit_reward(rec: JoinedRecord, action: ActionRecord) -> float:
-    """1.0 if an item the user acted on is among the first `budget` candidates of any of the
-    action's retrievers, else 0.0: the retrieval reward of the brief without its cost term."""
-    wanted = positive_items(rec)
-    if not wanted:
-        return 0.0
-    failed = set(rec.failed)
-    for arm in action.arms:
-        if arm not in failed and wanted.intersection(rec.candidates.get(arm, [])[: action.budget]):
-            return 1.0
-    return 0.0
+    """The reward `action` would have earned on this search: the one reward definition
+    (services.rewards.action_reward) with the default RewardConfig, i.e. on the scale the worker
+    logged `rec.reward` on, so IPS/DR (logged reward) and the full-information row agree."""
+    return rewards.action_reward(rec, action, rec.events, DEFAULT_REWARD)
 
 
 def _ran(rec: JoinedRecord) -> set[str]:
