@@ -162,7 +162,7 @@ def traffic_round(url: str, queries: Sequence[RelevanceQuery], sessions: int, us
     jobs = [(q, s, rng.randrange(2**31)) for q in queries for s in range(sessions)]
     rng.shuffle(jobs)
 
-    def one(job: tuple[RelevanceQuery, int, int]) -> tuple[int, int]:
+    def one(job: tuple[RelevanceQuery, int, int]) -> tuple[int, int, int]:
         q, _s, seed = job
         r = random.Random(seed)
         uid = f"sim-{seed % 500}"
@@ -187,11 +187,12 @@ def traffic_round(url: str, queries: Sequence[RelevanceQuery], sessions: int, us
                     events.append({**base, "type": "skip", "dwell_ms": r.randint(500, 4000)})
             if send and events:
                 c.post(url + "/feedback", json={"events": events}, timeout=30).raise_for_status()
-            return 1, len(events)
+            return 1, len(events), sum(e["type"] != "skip" for e in events)
 
     with ThreadPoolExecutor(4) as pool:
         out = list(pool.map(one, jobs))
-    return {"searches": sum(a for a, _ in out), "events": sum(b for _, b in out)}
+    return {"searches": sum(a for a, _, _ in out), "events": sum(b for _, b, _ in out),
+            "positives": sum(c for _, _, c in out)}
 
 
 def decisions(data: Path) -> list[dict]:
@@ -205,16 +206,14 @@ def decisions(data: Path) -> list[dict]:
     return out
 
 
-def wait_learned(url: str, data: Path, before: int, env: dict[str, str], reward_wait_s: float,
-                 timeout_s: float = 300) -> list[dict]:
-    """Waits for the reward wait to end, then for the trainer's decisions on this round's data
-    (a ranker decision unless ranker retraining is off; XR ones arrive when enough pairs are in)."""
+def wait_learned(data: Path, before: int, kinds: set[str], reward_wait_s: float,
+                 timeout_s: float = 400) -> list[dict]:
+    """Waits for the reward wait to end, then for the trainer's decision on each expected kind,
+    so the next evaluation never competes with a retraining for the cores."""
     time.sleep(reward_wait_s + 3)
-    want_ranker = env.get("LTRR_RETRAIN_RANKER_EVERY") != "0"
     deadline = time.time() + timeout_s
-    while want_ranker and time.time() < deadline:
-        new = decisions(data)[before:]
-        if any(d.get("kind") == "ranker" for d in new):
+    while kinds and time.time() < deadline:
+        if kinds <= {d.get("kind") for d in decisions(data)[before:]}:
             break
         time.sleep(2)
     time.sleep(2)
@@ -235,6 +234,10 @@ def run_row(name: str, base: Path, topic: Sequence[RelevanceQuery], spear: Seque
                          [q for q, f in zip(qs, flags, strict=True) if not f])
     env = dict(ROWS[name])
     reward_wait = 30.0
+    # The service defaults (services/config.py) decide when the trainer retrains.
+    ranker_every = 0 if env.get("LTRR_RETRAIN_RANKER_EVERY") == "0" else 150
+    xr_every = 0 if env.get("LTRR_RETRAIN_XR_EVERY") == "0" else 300
+    pairs = 0
     curve = []
     with serve_copy(base, env) as (url, data):
         traffic = [q for label in halves for q in halves[label][0]]
@@ -243,10 +246,16 @@ def run_row(name: str, base: Path, topic: Sequence[RelevanceQuery], spear: Seque
             info: dict[str, object] = {"round": r}
             if r > 0:
                 before = len(decisions(data))
-                info["traffic"] = traffic_round(url, traffic, sessions, UserModel(), rng, send=name != "no-feedback")
+                sent = traffic_round(url, traffic, sessions, UserModel(), rng, send=name != "no-feedback")
+                info["traffic"] = sent
                 if name != "no-feedback":
+                    pairs += sent["positives"]
+                    kinds = {"ranker"} if ranker_every else set()
+                    if xr_every and pairs >= xr_every:
+                        kinds.add("xr")
+                        pairs = 0
                     info["decisions"] = [{k: d.get(k) for k in ("kind", "version", "decision")}
-                                         for d in wait_learned(url, data, before, env, reward_wait)]
+                                         for d in wait_learned(data, before, kinds, reward_wait)]
             for label, (hot, cold) in halves.items():
                 for part, qs in (("traffic", hot), ("quiet", cold)):
                     res = evaluate(url, qs)

@@ -43,6 +43,7 @@ from services.api_models import (
     SearchResponse,
 )
 from services.feedback import FeedbackBatchIn, FeedbackEventIn, parse_feedback_body
+from services.routes_suggest import suggest_router
 from services.routes_ui import ui_router
 
 log = logging.getLogger("ltrr.api")
@@ -288,7 +289,8 @@ def create_app(runtime: Any) -> FastAPI:
     def _do_search(req: SearchRequest) -> SearchResponse:
         out = runtime.pipeline.search(req.q, req.limit, user_id=req.user_id, session_id=req.session_id,
                                       locale=req.context.locale, device=req.context.device,
-                                      ts=req.context.timestamp)
+                                      ts=req.context.timestamp, analytics=req.analytics,
+                                      collapse_versions=req.collapse)
         cat = runtime.catalog
         hits = []
         names = out.record.feature_names
@@ -298,7 +300,8 @@ def create_app(runtime: Any) -> FastAPI:
             if req.debug and out.features is not None:
                 feats = {n: (None if v != v else float(v)) for n, v in zip(names, out.features[i], strict=True)}
             hits.append(SearchHit(track_id=tid, title=t.title, artist=t.artist, album=t.album, genres=list(t.genres),
-                                  score=out.scores[i], retrievers=out.found_by.get(tid, []), features=feats))
+                                  year=t.year, score=out.scores[i], retrievers=out.found_by.get(tid, []),
+                                  versions=out.versions.get(tid, []), features=feats))
         debug = None
         if req.debug:
             rec = out.record
@@ -328,16 +331,20 @@ def create_app(runtime: Any) -> FastAPI:
         locale: Annotated[str | None, Query(max_length=16, pattern=LOCALE_PATTERN)] = None,
         device: Annotated[Device | None, Query()] = None,
         debug: Annotated[bool, Query(description="`true` or `false` (also `1` / `0`)")] = False,
+        analytics: Annotated[bool, Query(description="`false`: log nothing, accept no feedback")] = True,
+        collapse: Annotated[bool, Query(description="one hit per recording")] = True,
     ) -> SearchResponse:
-        raw_debug = request.query_params.get("debug")
-        if raw_debug is not None and raw_debug.lower() not in ("true", "false", "1", "0"):
-            # Strict at the edge: "yes" or "on" is a typo more often than a wish for debug output.
-            raise ApiError(422, "validation_error", "debug: must be true or false",
-                           [{"field": "debug", "message": "must be true or false"}])
+        for flag in ("debug", "analytics", "collapse"):
+            raw = request.query_params.get(flag)
+            if raw is not None and raw.lower() not in ("true", "false", "1", "0"):
+                # Strict at the edge: "yes" or "on" is a typo more often than a wish for debug output.
+                raise ApiError(422, "validation_error", f"{flag}: must be true or false",
+                               [{"field": flag, "message": "must be true or false"}])
         try:
             # Validated as one document so errors name their full path (context.device).
             req = SearchRequest.model_validate({
                 "q": q, "limit": limit, "user_id": user_id, "session_id": session_id, "debug": debug,
+                "analytics": analytics, "collapse": collapse,
                 "context": {k: v for k, v in (("locale", locale), ("device", device)) if v is not None}})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
@@ -413,6 +420,7 @@ def create_app(runtime: Any) -> FastAPI:
                             xr_version=runtime.xr_version())
 
     # --- further routers (suggest, UI, ...) are included here: app.include_router(...) ------
+    app.include_router(suggest_router(runtime))  # GET /suggest
     app.include_router(ui_router(runtime, stats_guard=search_key))  # the web page, /stats/learning
 
     _complete_openapi(app)

@@ -58,6 +58,10 @@ class SearchRequest(BaseModel):
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
     context: SearchContext = Field(default_factory=SearchContext)
     debug: bool = False
+    analytics: bool = Field(default=True, description="false: serve the same results but log nothing (monitoring "
+                                                      "probes, evaluations); the search then accepts no feedback "
+                                                      "and teaches no model")
+    collapse: bool = Field(default=True, description="one hit per recording (other versions in `versions`)")
 
     @field_validator("q")
     @classmethod
@@ -84,8 +88,11 @@ class SearchHit(BaseModel):
     artist: str
     album: str
     genres: list[str]
+    year: int | None = Field(default=None, description="release year")
     score: float
-    retrievers: list[str] = Field(description="which retrievers found this track")
+    retrievers: list[str] = Field(description="which retrievers found this track; `memory` = the click memory")
+    versions: list[str] = Field(default_factory=list, description="other releases of the same recording, "
+                                                                  "not served separately")
     features: dict[str, float | None] | None = Field(default=None, description="ranker features (debug only)")
 
 

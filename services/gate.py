@@ -17,7 +17,8 @@ artifact store's decision log (models/decisions.jsonl), `/metrics` and the web p
   has learned from it. The candidate's value is the self-normalized IPS estimate
       V_new = sum_i w_i r_i / sum_i w_i,   w_i = pi_new(a_i | x_i) / p_i,
   the serving policy's is its on-policy mean net reward (1/n) sum_i r_i over the same searches,
-  r_i = reward - latency cost. promote iff V_new >= V_old - tol.
+  r_i = reward - latency cost. promote iff V_new >= V_old - tol; refuse iff the bootstrap 95%
+  interval of V_new lies wholly below V_old - tol; otherwise hold and keep collecting.
 A model is promoted without a comparison only when nothing serves yet (the first cold start).
 """
 
@@ -159,6 +160,10 @@ class BanditGate:
         w = dist[:, 0] / ps
         ci = bootstrap_ratio_interval(w * r, w, random_state=0, n_bootstrap=200)
         ok = v_new >= v_old - self.tolerance
+        # Refuse only on evidence: the whole 95% interval below the serving value. In between,
+        # the candidate is held (kept learning, not served) until more searches decide.
+        worse = ci["upper"] == ci["upper"] and ci["upper"] < v_old - self.tolerance
+        verdict = "no worse than serving" if ok else ("worse than serving" if worse else "not yet shown no worse")
         return GateResult(bool(ok), {
             "searches": n, "value_new_snips": float(v_new), "value_new_ci95": [ci["lower"], ci["upper"]],
-            "value_serving": v_old, "reason": "no worse than serving" if ok else "worse than serving"})
+            "value_serving": v_old, "clearly_worse": bool(worse), "reason": verdict})

@@ -29,7 +29,7 @@ from services.models import ModelHolder, Reloader, StoreSource
 from services.pipeline import Components, SearchPipeline
 from services.redis_server import EmbeddedRedis
 from services.suggest_service import SuggestService, suggest_holder
-from services.trainer import ModelTrainer
+from services.trainer import TrainerProcess
 
 log = logging.getLogger("ltrr.runtime")
 
@@ -350,7 +350,7 @@ class Runtime:
         self.pipeline.warm_up()
         self.ingest = FeedbackIngest(self.redis, self.keys, decision_ttl_s=settings.decision_ttl_s)
         self.worker = None
-        self.trainer: ModelTrainer | None = None
+        self.trainer: TrainerProcess | None = None
         self._start_worker = settings.embedded_worker if start_worker is None else start_worker
         self.reloader: Reloader | None = None
         log.info("runtime ready in %.1fs: %d tracks, retrievers %s, bandit %s, ranker %s",
@@ -358,6 +358,13 @@ class Runtime:
 
     def holders(self) -> list[ModelHolder]:
         return [self.policy, self.ranker, self.xr, self.suggest_model]
+
+    @property
+    def redis_url(self) -> str:
+        """Where this runtime's Redis answers (the embedded server's, or REDIS_URL)."""
+        if self.redis_server is not None:
+            return self.redis_server.url
+        return str(self.settings.redis_url)
 
     @property
     def suggest(self) -> SuggestService | None:
@@ -383,7 +390,7 @@ class Runtime:
                                          catalog=self.catalog, bandit_store=self.bandit_store,
                                          activity=self.activity).start()
             # Retraining lives beside the learner (a lease picks one process across replicas).
-            self.trainer = ModelTrainer(self.settings, self.redis, self.keys, self.catalog.documents()).start()
+            self.trainer = TrainerProcess(self.settings, self.redis_url).start()
         if self.reloader is None:
             self.reloader = Reloader(self.holders(), self.settings.reload_check_s).start()
 

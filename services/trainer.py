@@ -18,9 +18,12 @@ Exactly one process trains at a time (a Redis lease, like the bandit learner's).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -141,8 +144,58 @@ def click_pairs(records: Sequence[Mapping[str, object]], known: set[str], cfg: R
     return out
 
 
+class TrainerProcess:
+    """Runs the ModelTrainer in its own process at a lower CPU priority: PECOS and LightGBM
+    training would otherwise hold the serving process's GIL and cores for tens of seconds, and
+    searches meanwhile lose their retrievers to the timeout."""
+
+    def __init__(self, settings: Settings, redis_url: str):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads and sockets
+        self.proc = ctx.Process(target=run_trainer_process, args=(settings.model_dump_json(), redis_url),
+                                name="ltrr-trainer", daemon=True)
+
+    def start(self) -> TrainerProcess:
+        self.proc.start()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()  # SIGTERM: the loop finishes its current step's bookkeeping
+            self.proc.join(30)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(5)
+
+
+def run_trainer_process(settings_json: str, redis_url: str) -> None:
+    """Entry point of the trainer process."""
+    from services.catalog import Catalog
+    from services.logging_setup import setup_logging
+
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    settings = Settings.model_validate_json(settings_json)
+    setup_logging(settings.log_level, json_logs=settings.log_json)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    trainer = ModelTrainer(settings, client, Keys(), Catalog.load(settings.catalog).documents())
+    while not stop.wait(settings.retrain_check_s):
+        try:
+            trainer.run_once()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("trainer: %s; retrying", exc)
+        except Exception:
+            log.exception("trainer loop error")
+    trainer.stop()
+
+
 class ModelTrainer:
-    """The background loop; `run_once()` does one check (tests and benchmarks call it directly)."""
+    """The retraining loop's steps; `run_once()` does one check (the trainer process calls it, and
+    so do tests and benchmarks directly)."""
 
     LEASE_S = 60
 

@@ -368,7 +368,7 @@ class BanditLearner:
         if result.promote:
             self.store.promote(version, result.report)
             decision = "promoted"
-        elif len(self.gate) >= self.gate.min_searches:
+        elif result.report.get("clearly_worse"):
             # Refused on evidence (not for lack of it): logged, and the evidence window restarts.
             self.store.refuse(version, result.report)
             decision = "refused"

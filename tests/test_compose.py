@@ -66,7 +66,7 @@ def test_api_is_scalable_behind_the_load_balancer(compose: dict[str, Any]) -> No
 
 def test_dependencies_and_health_checks(compose: dict[str, Any]) -> None:
     s = compose["services"]
-    assert s["indexer"]["command"] == ["ltrr", "index", "build", "--backend", "opensearch"]
+    assert s["indexer"]["command"] == ["sh", "-ec", "ltrr index build --backend opensearch && ltrr train coldstart"]
     assert s["indexer"]["depends_on"]["opensearch"]["condition"] == "service_healthy"
     assert s["api"]["depends_on"]["indexer"]["condition"] == "service_completed_successfully"
     assert s["worker"]["command"] == ["ltrr", "worker"]
