@@ -16,7 +16,6 @@ from bandit.policy import (
     VWConfig,
     VWPolicy,
 )
-from bandit.shadow import subset_latencies, subset_rewards
 
 __all__ = [
     "CONTEXT_FEATURES",
@@ -33,6 +32,4 @@ __all__ = [
     "build_context",
     "enumerate_actions",
     "render_shared",
-    "subset_latencies",
-    "subset_rewards",
 ]

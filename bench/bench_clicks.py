@@ -39,7 +39,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -55,7 +54,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import CACHE, RESULTS, ROOT, ndcg_at_k, recall_at_k, write_result
+from bench.common import CACHE, RESULTS, ROOT, ndcg_at_k, recall_at_k, stop_server, write_result
 from bench.relevance_sets import RelevanceQuery, spearfish_set, topic_set
 
 ROWS = {
@@ -130,11 +129,7 @@ def serve_copy(base: Path, env_extra: dict[str, str]) -> Iterator[tuple[str, Pat
             time.sleep(1)
         yield url, data
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, 60)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import CACHE, ROOT, latency_summary, load_playlists, peak_rss_mb, write_result
+from bench.common import CACHE, ROOT, latency_summary, load_playlists, peak_rss_mb, stop_server, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -146,11 +145,7 @@ def served_api(port: int, **env_extra: str) -> Iterator[tuple[str, subprocess.Po
         _wait_http(base + "/health")
         yield base, proc, tmp
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

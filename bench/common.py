@@ -33,6 +33,17 @@ def recall_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 100) -
     return len(rel.intersection(ranked[:k])) / len(rel) if rel else 0.0
 
 
+def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """SIGTERM (graceful: the worker checkpoints, Redis stops), SIGKILL after `timeout_s`."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def synthetic_catalog(n: int) -> Path:
     """The n-track synthetic catalog every scale benchmark shares (`ltrr catalog synth`, seed 0),
     written once: lexical, XR-Linear and /search at scale all measure the same tracks."""

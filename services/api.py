@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis
 from fastapi import Depends, FastAPI, Query, Request
@@ -45,6 +45,9 @@ from services.api_models import (
 from services.feedback import FeedbackBatchIn, FeedbackEventIn, parse_feedback_body
 from services.routes_suggest import suggest_router
 from services.routes_ui import ui_router
+
+if TYPE_CHECKING:  # the runtime imports every part; the app only needs its type here
+    from services.runtime import Runtime
 
 log = logging.getLogger("ltrr.api")
 
@@ -201,8 +204,8 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-def create_app(runtime: Any) -> FastAPI:
-    """`runtime` is a services.runtime.Runtime (or anything with the same attributes)."""
+def create_app(runtime: Runtime) -> FastAPI:
+    """The app over one assembled services.runtime.Runtime."""
     s = runtime.settings
 
     @asynccontextmanager
@@ -401,7 +404,8 @@ def create_app(runtime: Any) -> FastAPI:
         body = Health(status="ok" if ok and not worker_dead else "degraded", redis=ok,
                       catalog_tracks=len(runtime.catalog), retrievers=sorted(runtime.pipeline.p.retrievers),
                       bandit_version=runtime.policy.version, ranker_version=runtime.ranker.version,
-                      worker=runtime.worker_alive())
+                      worker=runtime.worker_alive(), trainer=runtime.trainer_alive(),
+                      models=runtime.model_status())
         # 503 when degraded, so load balancers and orchestrators take the replica out of rotation.
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.status == "ok" else 503)
 

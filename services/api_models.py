@@ -138,6 +138,13 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class ModelStatus(BaseModel):
+    version: str | None = Field(description="the version this process serves")
+    serving: str | None = Field(default=None, description="the promoted version in the artifact store")
+    refused: list[str] = Field(default_factory=list, description="versions this process refused to load")
+    fallback: bool = Field(default=False, description="serving an older version than the promoted one")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     redis: bool
@@ -146,6 +153,8 @@ class Health(BaseModel):
     bandit_version: str | None
     ranker_version: str | None
     worker: bool
+    trainer: bool = Field(default=False, description="the retraining process of this replica is running")
+    models: dict[str, ModelStatus] = Field(default_factory=dict, description="per model kind")
 
 
 class ReloadResult(BaseModel):

@@ -179,6 +179,7 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
     """Trains the cold-start ranker and bandit (see services.coldstart) and publishes both."""
     from ranker import model as ranker_model
     from services.coldstart import collect, sample_queries, train_bandit
+    from services.gate import mean_ndcg
     from services.trainer import save_coldstart_data
 
     rows = []
@@ -198,7 +199,8 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
     model.meta.update({"source": "cold-start self-supervised", "n_queries": n_groups})
     # Kept for retraining (the general behaviour) and for the gate's check of queries without traffic.
     save_coldstart_data(settings.models_dir,
-                        ranker_model.RankData(data.x[:rows_cut], data.y[:rows_cut], data.group[:cut]), valid)
+                        ranker_model.RankData(data.x[:rows_cut], data.y[:rows_cut], data.group[:cut]), valid,
+                        mean_ndcg(model.predict, valid))
     store = ArtifactStore(settings.models_dir / "ranker", "ranker")
     version = store.publish(model.write, {"source": "cold-start self-supervised", "n_queries": n_groups},
                             promote=True, report={"reason": "cold start", **_numbers(model.meta.get("metrics"))})

@@ -169,7 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from services.runtime import Runtime
 
     rt = Runtime(s)
-    print(f"ltrr serving on http://{s.host}:{s.port}  (docs: http://{s.host}:{s.port}/docs)", flush=True)
+    print(f"ltrr serving on http://{s.host}:{s.port}/  (web page: http://{s.host}:{s.port}/, "
+          f"API docs: http://{s.host}:{s.port}/docs)", flush=True)
     uvicorn.run(create_app(rt), host=s.host, port=s.port, log_config=None, access_log=False)
 
 

@@ -400,6 +400,9 @@ class Runtime:
         except (redis.RedisError, OSError):
             return False
 
+    def trainer_alive(self) -> bool:
+        return self.trainer is not None and self.trainer.alive()
+
     def worker_alive(self) -> bool:
         return self.worker is not None and self.worker.alive()
 

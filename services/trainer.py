@@ -81,27 +81,31 @@ class JoinedLogTail:
 
 
 def save_coldstart_data(models_dir: Path, train: ranker_model.RankData, valid: ranker_model.RankData,
-                        max_groups: int = 1500) -> Path:
-    """Keeps (a sample of) the cold start's training groups and its held-out groups beside the
-    models, so retraining keeps the general behaviour and the gate can check it."""
+                        valid_ndcg10: float, max_groups: int = 1500) -> Path:
+    """Keeps (a sample of) the cold start's training groups, its held-out groups and the cold-start
+    model's nDCG@10 on them beside the models, so retraining keeps the general behaviour and the
+    gate can hold every later model to it."""
     path = Path(models_dir) / COLDSTART_DATA
     path.parent.mkdir(parents=True, exist_ok=True)
     tx, ty, tg = _head_groups(train, max_groups)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, train_X=tx, train_y=ty, train_group=tg, valid_X=valid.X, valid_y=valid.y,
-                        valid_group=valid.group)
+                        valid_group=valid.group, valid_ndcg10=np.array(valid_ndcg10))
     os.replace(tmp, path)
     return path
 
 
-def load_coldstart_data(models_dir: Path) -> tuple[ranker_model.RankData, ranker_model.RankData] | None:
+def load_coldstart_data(models_dir: Path
+                        ) -> tuple[ranker_model.RankData, ranker_model.RankData, float | None] | None:
+    """(training groups, held-out groups, the cold-start model's nDCG@10 on them)."""
     path = Path(models_dir) / COLDSTART_DATA
     if not path.exists():
         return None
     try:
         z = np.load(path)
+        baseline = float(z["valid_ndcg10"]) if "valid_ndcg10" in z.files else None
         return (ranker_model.RankData(z["train_X"], z["train_y"], z["train_group"]),
-                ranker_model.RankData(z["valid_X"], z["valid_y"], z["valid_group"]))
+                ranker_model.RankData(z["valid_X"], z["valid_y"], z["valid_group"]), baseline)
     except (OSError, KeyError, ValueError) as exc:
         log.error("cold-start training data %s unreadable (%s); retraining from clicks only", path, exc)
         return None
@@ -215,33 +219,16 @@ class ModelTrainer:
         self.new_pairs = 0
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self)}"
         self.lease_key = f"{keys.prefix}:trainer:lease"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.general_baseline: float | None = None
 
-    # --- loop -----------------------------------------------------------------------------
-    def start(self) -> ModelTrainer:
-        self._thread = threading.Thread(target=self._run, name="model-trainer", daemon=True)
-        self._thread.start()
-        return self
-
+    # --- lease ----------------------------------------------------------------------------
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        """Gives the lease back (the trainer process calls this on SIGTERM)."""
         try:
             if self.redis is not None and self.redis.get(self.lease_key) == self.owner.encode():
                 self.redis.delete(self.lease_key)
         except (redis.RedisError, OSError):
             pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.s.retrain_check_s):
-            try:
-                self.run_once()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("trainer: %s; retrying", exc)
-            except Exception:
-                log.exception("trainer loop error")
 
     def _lease(self) -> bool:
         if self.redis is None:
@@ -286,7 +273,8 @@ class ModelTrainer:
     # --- ranker ---------------------------------------------------------------------------
     def ranker_data(self, *, eta: float | None) -> tuple[ranker_model.RankData, ranker_model.RankData,
                                                          ranker_model.RankData | None]:
-        """(training set, recent held-out clicks, cold-start held-out groups)."""
+        """(training set, recent held-out clicks, cold-start held-out groups); the cold start's own
+        figure on the latter is left in self.general_baseline."""
         older, recent = split_recent(list(self.records))
         clicks, _ = ranker_labels.build_training_set(older, self.registry.names, eta=eta)
         held, _ = ranker_labels.build_training_set(recent, self.registry.names, eta=None)
@@ -295,7 +283,7 @@ class ModelTrainer:
         general = None
         if cold is not None:
             parts.insert(0, cold[0])
-            general = cold[1]
+            general, self.general_baseline = cold[1], cold[2]
         return _concat(parts), held, general
 
     def retrain_ranker(self) -> GateResult:
@@ -312,7 +300,8 @@ class ModelTrainer:
         """Publishes `model` and promotes it if the gate passes (or `force`); the one way a ranker
         reaches serving after the cold start (automatic retraining and `ltrr train ranker`)."""
         _, held, general = self.ranker_data(eta=None)
-        result = RankerGate(self.s.gate_tolerance).evaluate(model, self._serving_ranker(), held, general)
+        result = RankerGate(self.s.gate_tolerance).evaluate(model, self._serving_ranker(), held, general,
+                                                            self.general_baseline)
         result.report.update(report)
         if force and not result.promote:
             result = GateResult(True, {**result.report, "forced": True})

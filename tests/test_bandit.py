@@ -13,7 +13,7 @@ from bandit.actions import Action, action_features, enumerate_actions, render_ac
 from bandit.arm_stats import ArmStats
 from bandit.context import CONTEXT_FEATURES, build_context, render_shared
 from bandit.policy import CostModel, FixedPolicy, UniformRandomPolicy, VWConfig, VWPolicy
-from bandit.shadow import subset_latencies, subset_rewards
+from services.rewards import RewardConfig, subset_rewards, wanted_events
 
 RETRIEVERS = ("lexical", "dense", "xr", "q2e")
 VOCAB = {f"w{i}" for i in range(200)}
@@ -206,19 +206,18 @@ def test_full_information_shadow_learning(full_info_probability: float | None, a
         found_by = RIGHT[kind]
         candidates = {arm: (["hit"] if arm == found_by else []) + [f"{arm}-{i}" for i in range(5)]
                       for arm in RETRIEVERS}
-        rewards = subset_rewards(actions, candidates, acted={"hit"})
+        rewards = subset_rewards(_Searched(candidates), actions, wanted_events(["hit"]), RewardConfig())
         assert rewards == _rewards(kind, actions)
-        policy.learn_full_information(ctx, actions, rewards, subset_latencies(actions, dict.fromkeys(RETRIEVERS, 2.0)))
+        policy.learn_full_information(ctx, actions, rewards, [2.0 * len(a.arms) for a in actions])
     probs = _prob_of_right_single(policy, actions, random.Random(97))
     assert probs[0] > 0.8 and probs[1] > 0.8, probs
 
 
-def test_subset_rewards_respect_budget_and_failures() -> None:
-    acts = [Action(("a",), 2), Action(("a",), 3), Action(("b",), 3), Action(("a", "b"), 3)]
-    cands = {"a": ["x", "y", "hit"]}  # "b" failed: no candidates
-    assert subset_rewards(acts, cands, {"hit"}) == [0.0, 1.0, 0.0, 1.0]
-    assert subset_rewards(acts, cands, set()) == [0.0, 0.0, 0.0, 0.0]
-    assert subset_latencies(acts, {"a": 1.0}) == [1.0, 1.0, None, None]
+class _Searched:
+    """A shadow search as the reward sees it: every arm's candidates, none failed."""
+
+    def __init__(self, candidates: dict[str, list[str]]):
+        self.candidates, self.failed = candidates, ()
 
 
 def test_latency_cost_modes() -> None:
