@@ -187,7 +187,10 @@ def run_trainer_process(settings_json: str, redis_url: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
     trainer = ModelTrainer(settings, client, Keys(), Catalog.load(settings.catalog).documents())
+    parent = os.getppid()
     while not stop.wait(settings.retrain_check_s):
+        if os.getppid() != parent:  # the serving process died (even by SIGKILL): do not outlive it
+            break
         try:
             trainer.run_once()
         except (redis.RedisError, OSError) as exc:
