@@ -18,7 +18,9 @@ Everything goes through the public HTTP API of `ltrr serve` on a copy of a fresh
 dir, with default settings except the one switch a row turns off:
 
   full        everything learns
-  no-feedback the users search but send no feedback (no learning at all)
+  frozen      the users search but send no feedback, and the bandit does not learn: no learning
+  no-feedback the users search but send no feedback; the bandit still learns from the silence
+              (every search rewarded 0), which shows what an outage of the feedback path does
   no-bandit   LTRR_LEARN_BANDIT=0   the retrieval bandit keeps its cold-start policy
   no-q2e      LTRR_LEARN_Q2E=0      the click memory learns nothing (and pins nothing)
   no-ranker   LTRR_RETRAIN_RANKER_EVERY=0
@@ -59,6 +61,7 @@ from bench.relevance_sets import RelevanceQuery, spearfish_set, topic_set
 
 ROWS = {
     "full": {},
+    "frozen": {"LTRR_LEARN_BANDIT": "false"},
     "no-feedback": {},
     "no-bandit": {"LTRR_LEARN_BANDIT": "false"},
     "no-q2e": {"LTRR_LEARN_Q2E": "false"},
@@ -241,9 +244,12 @@ def run_row(name: str, base: Path, topic: Sequence[RelevanceQuery], spear: Seque
             info: dict[str, object] = {"round": r}
             if r > 0:
                 before = len(decisions(data))
-                sent = traffic_round(url, traffic, sessions, UserModel(), rng, send=name != "no-feedback")
+                silent = name in ("no-feedback", "frozen")
+                sent = traffic_round(url, traffic, sessions, UserModel(), rng, send=not silent)
                 info["traffic"] = sent
-                if name != "no-feedback":
+                if silent:
+                    time.sleep(reward_wait + 3)  # the silent searches are rewarded (0) as in the other rows
+                else:
                     pairs += sent["positives"]
                     kinds = {"ranker"} if ranker_every else set()
                     if xr_every and pairs >= xr_every:
@@ -338,18 +344,19 @@ def markdown(result: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, 3 rounds, rows full and no-feedback")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 3 rounds, rows full and frozen")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--sessions", type=int, default=2, help="users per traffic query and round")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--spearfish-per-kind", type=int, default=40)
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cold-start base data dir")
+    ap.add_argument("--name", help="results name (default clicks / clicks_quick): several runs side by side")
     args = ap.parse_args(argv)
     rows = args.rows.split(",")
     seeds, rounds = (1, 3) if args.quick else (args.seeds, args.rounds)
     if args.quick and args.rows == ",".join(ROWS):
-        rows = ["full", "no-feedback"]
+        rows = ["full", "frozen"]
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
@@ -360,10 +367,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     spear = spearfish_set(Catalog.load(ROOT / "data" / "tracks.csv.gz"), n_per_kind=args.spearfish_per_kind)
     t0 = time.time()
     runs = [run_row(name, base, topic, spear, seed, rounds, args.sessions) for seed in range(seeds) for name in rows]
-    result = {"rows": rows, "seeds": seeds, "rounds": rounds, "sessions": args.sessions,
+    result = {"command": "python -m bench.bench_clicks " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "rows": rows, "seeds": seeds, "rounds": rounds, "sessions": args.sessions,
               "user_model": UserModel().__dict__, "topic_queries": len(topic), "spearfish_queries": len(spear),
               "table": table(runs), "runs": runs, "seconds": round(time.time() - t0, 1)}
-    name = "clicks_quick" if args.quick else "clicks"
+    name = args.name or ("clicks_quick" if args.quick else "clicks")
     plot(runs, RESULTS / f"{name}_curve.png")
     write_result(name, result)
     (RESULTS / f"{name}.md").write_text(markdown(result))

@@ -132,8 +132,9 @@ def flat(d: Any, prefix: str = "", depth: int = 0, max_depth: int = 3) -> list[t
 
 def section(name: str, r: dict[str, Any]) -> list[str]:
     m = r.get("machine", {})
+    command = r.get("command") or f"python -m bench.bench_{name.removesuffix('_quick')}"
     lines = [f"### {name}", "",
-             f"`python -m bench.bench_{name.removesuffix('_quick')}` — {m.get('date', '?')}, "
+             f"`{command}` — {m.get('date', '?')}, "
              f"commit {m.get('commit', '?')}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores)", ""]
     table = RESULTS / f"{name}.md"
     if table.exists():

@@ -67,6 +67,11 @@ class Settings(BaseModel):
     retrain_check_s: float = Field(default=5.0, gt=0)
     gate_tolerance: float = Field(default=0.005, ge=0)  # "no worse than serving" allows this much noise
     position_eta: float | None = Field(default=0.5, ge=0, le=2)  # IPW position debiasing of click labels
+    # When none of the last this-many rewarded searches had any event at all, the feedback path is
+    # presumed down (clients not sending, a broken integration) and the bandit pauses: learning
+    # "every action earns 0" would leave only the latency cost and walk it to the cheapest arm
+    # (bench_clicks' no-feedback row). 0 = never pause.
+    bandit_silence_window: int = Field(default=200, ge=0)
     learn_bandit: bool = True  # ablation switches (the click-replay benchmark turns each off in turn)
     learn_q2e: bool = True
     decision_ttl_s: int = Field(default=3600, ge=60)  # how long a search can receive feedback

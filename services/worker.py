@@ -23,7 +23,7 @@ import os
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -299,6 +299,8 @@ class BanditLearner:
         self.leader = False
         self.gate = BanditGate(settings.gate_tolerance)
         self.activity = activity
+        self.recent_acted: deque[bool] = deque(maxlen=max(1, settings.bandit_silence_window))
+        self.paused = False
 
     def _acquire(self) -> bool:
         ok = self.r.set(self.lease_key, self.owner, nx=True, ex=self.LEASE_S)
@@ -332,7 +334,16 @@ class BanditLearner:
         rec = JoinedRecord.model_validate(payload["record"])
         actions = [Action(tuple(a.arms), a.budget) for a in rec.actions]
         latency = sum(rec.retriever_ms.values()) if rec.retriever_ms else None
-        if self.s.learn_bandit:
+        self.recent_acted.append(bool(rec.events))
+        window = self.s.bandit_silence_window
+        silent = window > 0 and len(self.recent_acted) >= window and not any(self.recent_acted)
+        if silent:
+            metrics.ERRORS.labels(kind="bandit_paused_feedback_silent").inc()
+            if not self.paused:
+                log.warning("bandit learner: none of the last %d searches got any feedback; pausing "
+                            "bandit learning until feedback arrives again", window)
+        self.paused = silent
+        if self.s.learn_bandit and not silent:
             # Progressive validation: the learning policy is scored on this search before it
             # learns from it (services.gate.BanditGate).
             p_new = self.policy.decide(rec.context, actions).probabilities[rec.chosen]

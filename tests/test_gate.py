@@ -62,3 +62,37 @@ def test_bandit_gate_promotes_the_same_policy_and_refuses_a_clearly_worse_one() 
     r = worse.evaluate()
     assert not r.promote and r.report["clearly_worse"]
     assert not BanditGate(0.005, min_searches=50).evaluate().promote  # no evidence yet
+
+
+def test_the_bandit_pauses_when_no_search_gets_any_feedback(tmp_path, redis_client) -> None:
+    """A feedback outage must not teach the bandit that every action earns 0 (which would leave only
+    the latency cost and walk it to the cheapest arm); one event resumes learning."""
+    from services.config import Settings
+    from services.jsonl_log import JsonlWriter
+    from services.keys import Keys
+    from services.records import ActionRecord, FeedbackEvent, JoinedRecord
+    from services.runtime import BanditStore
+    from services.worker import BanditLearner
+
+    settings = Settings(data_dir=tmp_path, bandit_silence_window=20)
+    store = BanditStore(settings, redis_client, Keys())
+    log = JsonlWriter(tmp_path / "logs", "joined")
+    learner = BanditLearner(settings, redis_client, Keys(), store, log)
+    learner.policy = store.fresh()
+    actions = [ActionRecord(arms=("lexical",), budget=100), ActionRecord(arms=("dense",), budget=100)]
+
+    def record(i: int, events: list[FeedbackEvent]) -> dict:
+        rec = JoinedRecord(search_id=f"s{i}", ts=1.0, query="q", query_norm="q", context={"n_tokens": 1.0},
+                           policy="vw", actions=actions, probabilities=[0.5, 0.5], chosen=i % 2, propensity=0.5,
+                           candidates={"lexical": ["t"]}, served=["t"], events=events,
+                           reward=1.0 if events else 0.0)
+        return {"record": rec.model_dump()}
+
+    for i in range(25):
+        learner.apply(record(i, []), f"{i}-0")
+    assert learner.paused and learner.policy.n_learned < 25
+    learned = learner.policy.n_learned
+    play = FeedbackEvent(event_id="e", search_id="s99", track_id="t", type="play", position=1, timestamp=2.0)
+    learner.apply(record(99, [play]), "99-0")
+    assert not learner.paused and learner.policy.n_learned == learned + 1
+    log.close()
