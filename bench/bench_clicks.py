@@ -18,9 +18,11 @@ Everything goes through the public HTTP API of `ltrr serve` on a copy of a fresh
 dir, with default settings except the one switch a row turns off:
 
   full        everything learns
-  frozen      the users search but send no feedback, and the bandit does not learn: no learning
-  no-feedback the users search but send no feedback; the bandit still learns from the silence
-              (every search rewarded 0), which shows what an outage of the feedback path does
+  frozen      the users search but send no feedback, and neither the bandit nor the click memory
+              learns (no learning at all: the baseline)
+  no-feedback the users search but send no feedback; the service keeps learning from the silence
+              (every search rewarded 0, every result shown and not played an impression), which
+              shows what an outage of the feedback path does
   no-bandit   LTRR_LEARN_BANDIT=0   the retrieval bandit keeps its cold-start policy
   no-q2e      LTRR_LEARN_Q2E=0      the click memory learns nothing (and pins nothing)
   no-ranker   LTRR_RETRAIN_RANKER_EVERY=0
@@ -61,7 +63,7 @@ from bench.relevance_sets import RelevanceQuery, spearfish_set, topic_set
 
 ROWS = {
     "full": {},
-    "frozen": {"LTRR_LEARN_BANDIT": "false"},
+    "frozen": {"LTRR_LEARN_BANDIT": "false", "LTRR_LEARN_Q2E": "false"},
     "no-feedback": {},
     "no-bandit": {"LTRR_LEARN_BANDIT": "false"},
     "no-q2e": {"LTRR_LEARN_Q2E": "false"},
@@ -120,7 +122,7 @@ def serve_copy(base: Path, env_extra: dict[str, str]) -> Iterator[tuple[str, Pat
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 900  # a loaded 2-core machine takes minutes to load every model
         while True:
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
@@ -128,7 +130,8 @@ def serve_copy(base: Path, env_extra: dict[str, str]) -> Iterator[tuple[str, Pat
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ltrr serve did not come up; see {tmp / 'serve.log'}")
+                tail = (tmp / "serve.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"ltrr serve did not come up (exit {proc.poll()}):\n{tail}")
             time.sleep(1)
         yield url, data
     finally:
@@ -268,7 +271,7 @@ def run_row(name: str, base: Path, topic: Sequence[RelevanceQuery], spear: Seque
                 f"{k} nDCG {v['ndcg10']:.3f} MRR {v['mrr10']:.3f}" for k, v in info.items()
                 if isinstance(v, dict) and "ndcg10" in v), flush=True)
             curve.append(info)
-    return {"row": name, "seed": seed, "curve": curve}
+    return {"row": name, "seed": seed, "env": env, "curve": curve}
 
 
 def ci95(values: Sequence[float]) -> list[float]:

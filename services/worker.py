@@ -215,7 +215,8 @@ class FeedbackWorker:
         payload = {"record": json.loads(joined.model_dump_json())}
         if rec.shadow:
             payload["subset_rewards"] = subset_rewards(rec, rec.actions, events, self.s.reward)
-        if self.q2e is not None and self.s.learn_q2e:
+        if self.q2e is not None and self.s.learn_q2e and not (self.learner is not None and self.learner.paused):
+            # Shown and not played is weak negative evidence, but not during a feedback outage.
             self.q2e.impressions(rec.query_norm, rec.served, rec.search_id, ts=rec.ts)
         done = self._finalize(keys=[self.keys.finalized(rec.search_id), self.keys.bandit_updates, self.keys.counts,
                                     self.keys.pending],
