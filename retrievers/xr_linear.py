@@ -259,6 +259,11 @@ class XRLinearRetriever:
         (directory / "meta.json").write_text(json.dumps(meta, indent=2))
         return directory
 
+    def save(self, path: Path) -> None:
+        """The Retriever protocol's save: `write()` into `path`, created if missing."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.write(Path(path))
+
     @classmethod
     def load(cls, path: Path, *, version: str | None = None) -> Self:
         """Loads a directory written by `write()` in PECOS's predict-only C++ mode. PECOS aborts

@@ -70,6 +70,7 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     from services.build import build_indexes, train_coldstart
     from services.config import Settings
     from services.runtime import Runtime
+    from services.suggest_service import build_model, save_model, suggest_store
 
     data_dir = tmp_path_factory.mktemp("ltrr-data")
     (data_dir / "embeddings").symlink_to(emb_cache_dir.resolve())
@@ -78,8 +79,11 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     catalog = Catalog.load(CATALOG_PATH)
-    # Suggest trains its own small model in tests/test_suggest.py; the full one would add minutes here.
     build_indexes(settings, catalog, client, only=("lexical", "dense", "q2e", "xr"), progress=False)
+    # Suggest on the 1,500 most popular tracks: the full catalog's model would add minutes here, and
+    # the API, fuzz and page tests need a real one behind /suggest.
+    small = Catalog(sorted(catalog.tracks, key=lambda t: -t.popularity)[:1500])
+    save_model(build_model(small), suggest_store(settings))
     rt = Runtime(settings, start_worker=False)
     try:
         train_coldstart(settings, rt, n_queries=COLDSTART_QUERIES, progress=False)
