@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as smat
 
 from retrievers.base import Candidate, Document
+from retrievers.configs import config_from_dict, config_to_dict
 from retrievers.pseudo_queries import PseudoQuery, generate_all
 from retrievers.text import normalize
 
@@ -76,16 +77,11 @@ class XRConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> XRConfig:
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("word_ngrams", "char_ngrams", "pseudo_templates"):
-            if isinstance(kwargs.get(key), list):
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
+        return config_from_dict(cls, data)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as smat
 
+from retrievers.configs import config_from_dict, config_to_dict
 from suggest.chain import trie_hybrid_chain
 from suggest.features import SessionPrefixVectorizer
 from suggest.labels import Label, merge_labels
@@ -71,15 +72,11 @@ class SuggestConfig:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SuggestConfig:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
-        if isinstance(kw.get("ngrams"), list):
-            kw["ngrams"] = tuple(kw["ngrams"])
-        return cls(**kw)
+        return config_from_dict(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

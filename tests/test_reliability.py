@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,9 +26,10 @@ import pytest
 import redis
 
 from services.keys import Keys
-from services.redis_server import RedisServer, free_port
+from services.redis_server import RedisServer
+from tests.conftest import ROOT
+from tests.served import cli_env, serving_data_dir, start_serve, stop_serve
 
-ROOT = Path(__file__).resolve().parents[1]
 KEYS = Keys()
 
 
@@ -109,41 +109,13 @@ def stream_ids(client: redis.Redis) -> list[str]:
 @pytest.fixture(scope="module")
 def live(built_settings, tmp_path_factory) -> Live:
     settings, _ = built_settings
-    data = tmp_path_factory.mktemp("reliability-data")
-    (data / "indexes").symlink_to(settings.index_dir.resolve())  # read-only for serving
-    shutil.copytree(settings.models_dir, data / "models")  # the bandit learner writes checkpoints here
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTRR_") and k != "REDIS_URL"}
-    env.update({"LTRR_DATA_DIR": str(data), "LTRR_CATALOG": str(settings.catalog), "LTRR_LOG_LEVEL": "INFO",
-                "HF_HUB_OFFLINE": "1"})
+    data = serving_data_dir(settings, tmp_path_factory.mktemp("reliability-data"))
     log = data / "serve.log"
+    env = cli_env(data, LTRR_CATALOG=str(settings.catalog), LTRR_LOG_LEVEL="INFO")
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(port)],
-                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    served = Live(port, proc, data, log)
-    deadline = time.time() + 300
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"ltrr serve exited: {log.read_text()[-3000:]}")
-        try:
-            c = served.conn()
-            if request(c, "GET", "/health")[0] == 200:
-                c.close()
-                break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("ltrr serve did not come up in 300 s")
-        time.sleep(0.5)
-    yield served
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc, port = start_serve(env, stdout=out, stderr=subprocess.STDOUT, output=log.read_text)
+    yield Live(port, proc, data, log)
+    stop_serve(proc)
 
 
 def test_hostile_bodies_get_4xx_on_one_keep_alive_connection(live: Live) -> None:
@@ -191,8 +163,7 @@ def test_a_cli_on_the_same_data_dir_uses_the_running_redis(live: Live) -> None:
     lock = live.lock()
     assert lock["pid"] == live.proc.pid
     assert redis_servers_on(live.redis_dir) == [lock["redis_pid"]]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTRR_") and k != "REDIS_URL"}
-    env.update({"LTRR_DATA_DIR": str(live.data), "LTRR_LOG_LEVEL": "INFO", "HF_HUB_OFFLINE": "1"})
+    env = cli_env(live.data, LTRR_LOG_LEVEL="INFO")
     cli = subprocess.Popen([sys.executable, "-m", "services.cli", "search", "queen", "--retriever", "q2e"],
                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = set()

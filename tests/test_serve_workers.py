@@ -7,12 +7,9 @@ and bandit checkpoints there), with no REDIS_URL so the parent must start the sh
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -23,9 +20,7 @@ import pytest
 import redis
 
 from services.keys import Keys
-from services.redis_server import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.served import cli_env, serving_data_dir, start_serve, stop_serve
 
 
 def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -71,37 +66,14 @@ def _metric_sum(text: str, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def served(built_settings, tmp_path_factory):
     settings, _ = built_settings
-    data = tmp_path_factory.mktemp("workers-data")
-    (data / "indexes").symlink_to(settings.index_dir.resolve())  # read-only for serving
-    shutil.copytree(settings.models_dir, data / "models")  # the bandit learner writes checkpoints here
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LTRR_") and k != "REDIS_URL"}
-    env.update({"LTRR_DATA_DIR": str(data), "LTRR_CATALOG": str(settings.catalog), "LTRR_LOG_LEVEL": "WARNING",
-                "LTRR_RELOAD_CHECK_S": "0.5", "HF_HUB_OFFLINE": "1"})
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--workers", "2", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"ltrr serve exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if _get(base + "/health", timeout=2)[0] == 200:
-                break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("ltrr serve --workers 2 did not come up in 300 s")
-        time.sleep(0.5)
-    yield base, proc, data
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    data = serving_data_dir(settings, tmp_path_factory.mktemp("workers-data"))
+    env = cli_env(data, LTRR_CATALOG=str(settings.catalog), LTRR_LOG_LEVEL="WARNING", LTRR_RELOAD_CHECK_S="0.5")
+    log = data / "serve.log"
+    with log.open("wb") as err:
+        proc, port = start_serve(env, "--workers", "2", stdout=subprocess.DEVNULL, stderr=err,
+                                 output=log.read_text, what="ltrr serve --workers 2")
+    yield f"http://127.0.0.1:{port}", proc, data
+    stop_serve(proc)
 
 
 def test_two_workers_and_one_shared_redis(served) -> None:
