@@ -345,6 +345,31 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(names: list[str], into: str, command: str) -> None:
+    """One table from runs made separately (seeds run one at a time, rows on other days): the runs
+    must share rounds, users and query sets; a (row, seed) pair seen twice is an error."""
+    parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in names]
+    same = ("rounds", "sessions", "topic_queries", "spearfish_queries")
+    for p, n in zip(parts[1:], names[1:], strict=True):
+        differ = [k for k in same if p[k] != parts[0][k]]
+        if differ:
+            raise SystemExit(f"{n} differs from {names[0]} in {differ}: runs cannot be merged")
+    runs = [r for p in parts for r in p["runs"]]
+    keys = [(r["row"], r["seed"]) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"a (row, seed) appears twice in {names}")
+    rows = list(dict.fromkeys(r["row"] for r in runs))
+    result = {"command": command, "merged": {n: {"command": p.get("command"), "machine": p.get("machine")}
+                                             for n, p in zip(names, parts, strict=True)},
+              "rows": rows, "seeds": len({r["seed"] for r in runs}),
+              **{k: parts[0][k] for k in (*same, "user_model")}, "table": table(runs), "runs": runs,
+              "seconds": round(sum(p.get("seconds", 0.0) for p in parts), 1)}
+    plot(runs, RESULTS / f"{into}_curve.png")
+    write_result(into, result)
+    (RESULTS / f"{into}.md").write_text(markdown(result))
+    print(json.dumps(result["table"], indent=2))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, 3 rounds, rows full and frozen")
@@ -355,7 +380,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--spearfish-per-kind", type=int, default=40)
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cold-start base data dir")
     ap.add_argument("--name", help="results name (default clicks / clicks_quick): several runs side by side")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed+seeds-1")
+    ap.add_argument("--merge", metavar="NAMES",
+                    help="run nothing: combine the runs of these comma-separated results into --name")
     args = ap.parse_args(argv)
+    command = "python -m bench.bench_clicks " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.merge:
+        merge(args.merge.split(","), args.name or "clicks", command)
+        return
     rows = args.rows.split(",")
     seeds, rounds = (1, 3) if args.quick else (args.seeds, args.rounds)
     if args.quick and args.rows == ",".join(ROWS):
@@ -369,9 +401,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     topic = topic_set()
     spear = spearfish_set(Catalog.load(ROOT / "data" / "tracks.csv.gz"), n_per_kind=args.spearfish_per_kind)
     t0 = time.time()
-    runs = [run_row(name, base, topic, spear, seed, rounds, args.sessions) for seed in range(seeds) for name in rows]
-    result = {"command": "python -m bench.bench_clicks " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "rows": rows, "seeds": seeds, "rounds": rounds, "sessions": args.sessions,
+    runs = [run_row(name, base, topic, spear, seed, rounds, args.sessions)
+            for seed in range(args.first_seed, args.first_seed + seeds) for name in rows]
+    result = {"command": command, "rows": rows, "seeds": seeds, "rounds": rounds, "sessions": args.sessions,
               "user_model": UserModel().__dict__, "topic_queries": len(topic), "spearfish_queries": len(spear),
               "table": table(runs), "runs": runs, "seconds": round(time.time() - t0, 1)}
     name = args.name or ("clicks_quick" if args.quick else "clicks")

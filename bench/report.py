@@ -4,6 +4,7 @@ which run), then one section per benchmark. Missing results say "not measured"."
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,40 @@ from bench.common import RESULTS, ROOT
 
 def load_all() -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+
+
+# What a benchmark's numbers depend on, besides its own file and bench/common.py. Benchmarks of
+# one library name its modules; the end-to-end ones (search, relevance, clicks, ...) depend on all.
+PRODUCT = ("services", "retrievers", "bandit", "ranker", "suggest")
+MEASURED_CODE: dict[str, tuple[str, ...]] = {
+    "lexical": ("retrievers/lexical.py", "retrievers/text.py", "retrievers/base.py"),
+    "dense": ("retrievers/dense.py", "retrievers/encoder.py", "retrievers/embedding_cache.py", "retrievers/base.py"),
+    "xr": ("retrievers/xr_linear.py", "retrievers/pseudo_queries.py", "retrievers/configs.py", "retrievers/text.py"),
+    "q2e": ("retrievers/q2e.py", "retrievers/text.py"),
+    "bandit": ("bandit",),
+    "ranker": ("ranker",),
+    "suggest": ("suggest", "services/suggest_service.py", "retrievers/configs.py", "retrievers/text.py"),
+}
+
+
+def staleness(name: str, r: dict[str, Any]) -> str | None:
+    """None when the code a result measured is the current code; else why not. A figure from
+    older code stays visible (it is history) but never counts as a target met."""
+    commit = get(r, "machine/commit")
+    if not commit:
+        return "measured on uncommitted code"
+    bench = name.split("_")[0]
+    bench_file = f"bench/bench_{bench}.py"
+    paths = [*MEASURED_CODE.get(bench, PRODUCT), "bench/common.py",
+             *([bench_file] if (ROOT / bench_file).exists() else [])]
+    try:
+        changed = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *paths], cwd=ROOT,
+                                 capture_output=True).returncode
+    except OSError:
+        return None  # no git here: nothing to compare against
+    if changed == 0:
+        return None
+    return f"stale: the code changed since {commit}" if changed == 1 else f"commit {commit} unknown here"
 
 
 def get(d: Any, path: str) -> Any:
@@ -108,9 +143,12 @@ def targets_table(results: dict[str, dict[str, Any]]) -> list[str]:
     for what, target, name, path, ok in TARGETS:
         r = results.get(name, {})
         v = path(r) if callable(path) else get(r, path)
+        stale = staleness(name, r) if v is not None else None
         met = "—" if v is None or target.startswith("(") else ("yes" if ok(float(v)) else "**no**")
-        run = get(r, "machine/date") or ""
-        rows.append(f"| {what} | {target} | {fmt(v)} | {met} | {name} {run} |")
+        if stale and met != "—":
+            met = f"({met.strip('*')}, {stale.split(':')[0]})"
+        run = " ".join(x for x in (name, get(r, "machine/date"), get(r, "machine/commit")) if x)
+        rows.append(f"| {what} | {target} | {fmt(v)} | {met} | {run} |")
     return rows
 
 
@@ -136,6 +174,9 @@ def section(name: str, r: dict[str, Any]) -> list[str]:
     lines = [f"### {name}", "",
              f"`{command}` — {m.get('date', '?')}, "
              f"commit {m.get('commit', '?')}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores)", ""]
+    stale = staleness(name, r)
+    if stale:
+        lines += [f"**Not the current code's numbers** ({stale}); re-run `{command}` to refresh.", ""]
     table = RESULTS / f"{name}.md"
     if table.exists():
         # Benchmarks whose results are curves or per-kind tables write their own Markdown.
@@ -159,7 +200,11 @@ def write_benchmarks_md(command: str = "bash bench/run.sh") -> Path:
         "These machines are shared and noisy: latencies are medians and high percentiles of single runs; "
         "compare ratios measured within one run (e.g. the bandit's subsets against \"all retrievers\"), "
         "not absolute numbers across runs. Timings never appear in pass/fail tests.", "",
-        "## Targets", "", *targets_table(results), "",
+        "## Targets", "",
+        "A target counts as met only if its benchmark ran on the current code: a result measured before "
+        "the product's code (services, retrievers, bandit, ranker, suggest) or its benchmark changed says "
+        "so in the *met* column and in its section.", "",
+        *targets_table(results), "",
     ]
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
