@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
-from services.api_models import ErrorBody, ErrorResponse
+from services.api_models import QUERY_PATTERN, ErrorBody, ErrorResponse
 from services.keys import Keys
 from services.suggest_service import SuggestService
 
@@ -50,20 +50,20 @@ class SuggestRuntime(Protocol):
 
 
 def _prefix(value: str) -> str:
+    # The published schema (QUERY_PATTERN) says the same: some non-whitespace character, no NUL.
     if "\x00" in value:
         raise ValueError("must not contain NUL")
-    trimmed = value.strip()
-    if not trimmed:
+    if not value.strip():
         raise ValueError("must not be empty or only whitespace")
-    if len(trimmed) > MAX_PREFIX_CHARS:
-        raise ValueError(f"must be at most {MAX_PREFIX_CHARS} characters after trimming")
     # A trailing space is meaningful ("taylor " = first word complete); leading ones are not.
     return value.lstrip()
 
 
-Prefix = Annotated[str, Query(description=f"what the user typed: 1-{MAX_PREFIX_CHARS} characters after trimming; "
-                                          "a trailing space means the last word is complete",
-                              max_length=4 * MAX_PREFIX_CHARS), AfterValidator(_prefix)]
+Prefix = Annotated[str, Query(description=f"what the user typed: 1-{MAX_PREFIX_CHARS} characters, not only "
+                                          "whitespace, no NUL; a trailing space means the last word is complete",
+                              max_length=MAX_PREFIX_CHARS,
+                              json_schema_extra={"minLength": 1, "pattern": QUERY_PATTERN}),
+                   AfterValidator(_prefix)]
 
 
 def previous_query(runtime: SuggestRuntime, session_id: str | None) -> str | None:

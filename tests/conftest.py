@@ -6,6 +6,7 @@ Indexes and models built from the real catalog are session-scoped so the suite b
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,11 +93,24 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     # Later tests flush Redis; keep the seeded Q2E state to restore it.
     snapshot = {k: client.dump(k) for k in client.scan_iter(match="ltrr:*")}
     client.close()
+    # Tests that run the bandit learner publish checkpoints into this data dir; keep the built ones.
+    shutil.copytree(settings.models_dir / "bandit", _built_bandit(settings))
+    shutil.copy2(settings.models_dir / "decisions.jsonl", _built_bandit(settings) / "decisions.jsonl")
     return settings, snapshot
 
 
+def _built_bandit(settings) -> Path:
+    return settings.data_dir.parent / f"{settings.data_dir.name}-built-bandit"
+
+
 def restore_built_state(built_settings, redis_server: RedisServer) -> redis.Redis:
-    _, snapshot = built_settings
+    """Redis and the bandit's model versions as the build left them (other tests' learners add
+    versions, which a test starting from 'just built' must not see as fallbacks)."""
+    settings, snapshot = built_settings
+    built = _built_bandit(settings)
+    shutil.rmtree(settings.models_dir / "bandit")
+    shutil.copytree(built, settings.models_dir / "bandit", ignore=shutil.ignore_patterns("decisions.jsonl"))
+    shutil.copy2(built / "decisions.jsonl", settings.models_dir / "decisions.jsonl")
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     pipe = client.pipeline(transaction=False)

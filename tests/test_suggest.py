@@ -157,7 +157,8 @@ def test_session_previous_query_moves_its_artist_up(client: TestClient, redis_cl
     ({}, "prefix"),
     ({"prefix": "   "}, "prefix"),
     ({"prefix": "a" * 101}, "prefix"),
-    ({"prefix": " " + "a" * 100 + " "}, None),  # 100 after trimming: fine
+    ({"prefix": "a" * 99 + " "}, None),  # 100 with the meaningful trailing space: fine
+    ({"prefix": " " + "a" * 100}, "prefix"),  # the limit counts what was sent, as the schema says
     ({"prefix": "ab", "limit": 0}, "limit"),
     ({"prefix": "ab", "limit": 21}, "limit"),
     ({"prefix": "ab", "limit": "x"}, "limit"),
