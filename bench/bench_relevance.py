@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -190,6 +191,7 @@ def main() -> None:
     args = ap.parse_args()
     payload = run(args.data_dir.resolve(), quick=args.quick, fresh_lexical=args.fresh_lexical, label=args.label,
                   n_per_kind=args.n_per_kind, systems=args.systems.split(",") if args.systems else None)
+    payload = {"command": "python -m bench.bench_relevance " + " ".join(sys.argv[1:]), **payload}
     out = write_result(args.out, payload)
     md = markdown(payload)
     (RESULTS / f"{args.out}.md").write_text(md)
