@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -15,6 +16,10 @@ from services.artifacts import ArtifactStore
 from services.catalog import Catalog
 from services.config import Settings
 from services.keys import Keys
+
+if TYPE_CHECKING:
+    from retrievers.q2e import RedisQ2EStore
+    from services.runtime import Runtime  # only for the annotation: runtime imports this module
 
 log = logging.getLogger("ltrr.build")
 ALL_INDEXES = ("lexical", "dense", "q2e", "xr", "suggest")
@@ -33,7 +38,7 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
-def q2e_store(client: redis.Redis):  # type: ignore[no-untyped-def]
+def q2e_store(client: redis.Redis) -> RedisQ2EStore:
     from retrievers.q2e import RedisQ2EStore
 
     return RedisQ2EStore(client, prefix=f"{Keys().prefix}:q2e")
@@ -174,7 +179,7 @@ def train_xr(settings: Settings, catalog: Catalog, clicks: Path | None, *, progr
                     f"{len(pairs)} logged pairs" if pairs else "cold start")
 
 
-def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 6000, seed: int = 0,
+def train_coldstart(settings: Settings, runtime: Runtime, *, n_queries: int = 6000, seed: int = 0,
                     progress: bool = True) -> list[BuildRow]:
     """Trains the cold-start ranker and bandit (see services.coldstart) and publishes both."""
     from ranker import model as ranker_model
@@ -184,8 +189,8 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
 
     rows = []
     t = time.perf_counter()
-    pipe = runtime.pipeline  # type: ignore[attr-defined]
-    queries = sample_queries(runtime.catalog, n_queries, seed=seed)  # type: ignore[attr-defined]
+    pipe = runtime.pipeline
+    queries = sample_queries(runtime.catalog, n_queries, seed=seed)
     data = collect(pipe, queries, seed=seed, progress=progress)
     rows.append(BuildRow("cold-start queries", time.perf_counter() - t, None, len(queries),
                          "per-arm median ms " + ", ".join(f"{k} {v:.2f}" for k, v in data.latencies.items())))
@@ -198,19 +203,20 @@ def train_coldstart(settings: Settings, runtime: object, *, n_queries: int = 600
                                registry=pipe.registry)
     model.meta.update({"source": "cold-start self-supervised", "n_queries": n_groups})
     # Kept for retraining (the general behaviour) and for the gate's check of queries without traffic.
+    valid_ndcg = mean_ndcg(model.predict, valid)
     save_coldstart_data(settings.models_dir,
                         ranker_model.RankData(data.x[:rows_cut], data.y[:rows_cut], data.group[:cut]), valid,
-                        mean_ndcg(model.predict, valid))
+                        valid_ndcg)
     store = ArtifactStore(settings.models_dir / "ranker", "ranker")
     version = store.publish(model.write, {"source": "cold-start self-supervised", "n_queries": n_groups},
                             promote=True, report={"reason": "cold start", **_numbers(model.meta.get("metrics"))})
     model.meta["version"] = version
     rows.append(BuildRow(f"ranker {version}", time.perf_counter() - t, dir_size_mb(store.path(version)), n_groups,
-                         f"valid ndcg@10 {model.meta.get('valid_ndcg@10', model.meta.get('best_score', '?'))}"))
+                         f"held-out cold-start nDCG@10 {valid_ndcg:.3f}"))
     t = time.perf_counter()
-    policy = runtime.bandit_store.fresh()  # type: ignore[attr-defined]
+    policy = runtime.bandit_store.fresh()
     train_bandit(policy, data, pipe.actions, seed=seed, progress=progress)
-    version = runtime.bandit_store.publish(  # type: ignore[attr-defined]
+    version = runtime.bandit_store.publish(
         policy, "0-0", promote=True, report={"reason": "cold start"},
         meta={"source": "cold-start full information"})
     best = max(data.recall_by_action.items(), key=lambda kv: kv[1])
