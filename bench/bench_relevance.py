@@ -18,6 +18,8 @@ does not run it yet.
 
 `search` is /search as served by default (one result per recording, `collapse=true`);
 `search-uncollapsed` is /search with `collapse=false` (every release of a recording may show).
+`search-fixed:all` and `search-fixed:xr` are /search with the bandit's choice replaced by one
+fixed action (every retriever; XR-Linear alone): the ranker's part apart from the bandit's.
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.common import RESULTS, ndcg_at_k, recall_at_k, write_result
 from bench.relevance_sets import SPEARFISH_KINDS, RelevanceQuery, spearfish_set, topic_set
+
+if TYPE_CHECKING:
+    from services.runtime import Runtime
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -96,6 +102,20 @@ def retriever_ranker(retriever: object) -> Ranker:
     return rank
 
 
+def fixed_policy_search(rt: Runtime, arms: Sequence[str] | None, search: Ranker) -> Ranker:
+    from bandit.policy import FixedPolicy
+
+    def ranked(q: str) -> list[str]:
+        learned, version = rt.policy.current(), rt.policy.version
+        rt.policy.set(FixedPolicy(arms), "fixed")
+        try:
+            return search(q)
+        finally:
+            rt.policy.set(learned, version)
+
+    return ranked
+
+
 def run(data_dir: Path, *, quick: bool = False, fresh_lexical: bool = False, label: str = "",
         n_per_kind: int | None = None, systems: Sequence[str] | None = None) -> dict[str, object]:
     from retrievers.base import Document
@@ -136,6 +156,11 @@ def run(data_dir: Path, *, quick: bool = False, fresh_lexical: bool = False, lab
         rankers: dict[str, Ranker] = {name: retriever_ranker(r) for name, r in singles_by_name.items()}
         rankers["search"] = search
         rankers["search-uncollapsed"] = search_uncollapsed
+        # The same /search with the bandit's choice replaced by one fixed action: tells what the
+        # ranker does with every retriever's candidates, and with XR's alone, apart from what the
+        # bandit chooses.
+        for label, arms in (("all", None), ("xr", ("xr",))):
+            rankers[f"search-fixed:{label}"] = fixed_policy_search(rt, arms, search)
         chosen = list(systems) if systems else list(rankers)
         results: dict[str, object] = {}
         for name in chosen:
