@@ -80,14 +80,28 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+# The code a benchmark measures is the code at its start (a run can outlast commits made beside it).
+# `dirty`: uncommitted changes to the product or the benches, so the commit alone does not say
+# what ran.
+STARTED_AT = {"commit": _git("rev-parse", "--short", "HEAD"),
+              "dirty": bool(_git("status", "--porcelain", "--", "services", "retrievers", "bandit", "ranker",
+                                 "suggest", "bench/*.py"))}
+
+
 def machine() -> dict[str, object]:
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit.stdout.strip()}
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), **STARTED_AT}
 
 
 def write_result(name: str, payload: dict[str, object]) -> Path:

@@ -34,7 +34,7 @@ def staleness(name: str, r: dict[str, Any]) -> str | None:
     """None when the code a result measured is the current code; else why not. A figure from
     older code stays visible (it is history) but never counts as a target met."""
     commit = get(r, "machine/commit")
-    if not commit:
+    if not commit or get(r, "machine/dirty"):
         return "measured on uncommitted code"
     bench = name.split("_")[0]
     bench_file = f"bench/bench_{bench}.py"
