@@ -18,7 +18,8 @@ def load_all() -> dict[str, dict[str, Any]]:
 
 # What a benchmark's numbers depend on, besides its own file and bench/common.py. Benchmarks of
 # one library name its modules; the end-to-end ones (search, relevance, clicks, ...) depend on all.
-PRODUCT = ("services", "retrievers", "bandit", "ranker", "suggest")
+# The web page's static files (services/ui) run in browsers, never in a benchmark.
+PRODUCT = ("services", ":(exclude)services/ui", "retrievers", "bandit", "ranker", "suggest")
 MEASURED_CODE: dict[str, tuple[str, ...]] = {
     "lexical": ("retrievers/lexical.py", "retrievers/text.py", "retrievers/base.py"),
     "dense": ("retrievers/dense.py", "retrievers/encoder.py", "retrievers/embedding_cache.py", "retrievers/base.py"),

@@ -338,8 +338,12 @@ def test_search_suggest_play_reaches_the_stream_and_the_learning_view(ui):
     assert b.js("window.ltrr.suggest.isAvailable()") is True
     shown = b.js("[...document.querySelectorAll('#suggestions li')].map(li => li.innerText.toLowerCase())")
     assert any(s.startswith("love") for s in shown), shown
+    # A trailing space reaches /suggest ("the word is complete"); the page does not trim it away.
+    b.type("#q", " ")
+    b.wait("performance.getEntriesByType('resource').some(e => /[?&]prefix=love(%20|\\+)(&|$)/.test(e.name))",
+           what="a /suggest request for 'love '")
     assert b.js("document.getElementById('message').hidden") is True
-    b.type("#q", " story taylor swift")
+    b.type("#q", "story taylor swift")
     b.press_enter()
     b.wait("document.querySelectorAll('#results li.hit').length > 0", what="results")
     search = b.js("window.ltrr.state.search")

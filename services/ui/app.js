@@ -402,16 +402,22 @@ const Suggest = (() => {
       hide();
       return;
     }
-    if ($("q").value.trim() !== prefix) return;
+    if (typed() !== prefix) return;
     items = (data && Array.isArray(data.suggestions) ? data.suggestions : []).filter((s) => s && typeof s.text === "string");
     active = -1;
     render(prefix);
   }
 
+  // What was typed, leading blanks dropped. A trailing space is kept: /suggest reads it as
+  // "the last word is complete" ("taylor " completes to titles, not to "taylors").
+  function typed() {
+    return $("q").value.replace(/^\s+/, "");
+  }
+
   function onInput() {
     clearTimeout(timer);
-    const prefix = $("q").value.trim();
-    if (!available || !prefix || prefix.length > SUGGEST_MAX_PREFIX) { hide(); return; }
+    const prefix = typed();
+    if (!available || !prefix.trim() || prefix.length > SUGGEST_MAX_PREFIX) { hide(); return; }
     timer = setTimeout(() => fetch_(prefix), 80);
   }
 
