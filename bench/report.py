@@ -184,7 +184,9 @@ def section(name: str, r: dict[str, Any]) -> list[str]:
         lines += [table.read_text().strip()]
     else:
         lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in flat(r)]]
-    pngs = sorted(RESULTS.glob(f"{name}*.png"))
+    # learning_curve.png is learning's; clicks_ablations_a_curve.png is not clicks'.
+    others = [p.stem for p in RESULTS.glob(f"{name}_*.json")]
+    pngs = sorted(p for p in RESULTS.glob(f"{name}*.png") if not any(p.stem.startswith(o) for o in others))
     lines += [""] + [f"![{p.stem}](bench/results/{p.name})" for p in pngs]
     return [*lines, ""]
 
