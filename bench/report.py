@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT
+from bench.common import PRODUCT_CODE, RESULTS, ROOT
 
 
 def load_all() -> dict[str, dict[str, Any]]:
@@ -17,9 +17,8 @@ def load_all() -> dict[str, dict[str, Any]]:
 
 
 # What a benchmark's numbers depend on, besides its own file and bench/common.py. Benchmarks of
-# one library name its modules; the end-to-end ones (search, relevance, clicks, ...) depend on all.
-# The web page's static files (services/ui) run in browsers, never in a benchmark.
-PRODUCT = ("services", ":(exclude)services/ui", "retrievers", "bandit", "ranker", "suggest")
+# one library name its modules; the end-to-end ones (search, relevance, clicks, ...) depend on
+# all of PRODUCT_CODE.
 MEASURED_CODE: dict[str, tuple[str, ...]] = {
     "lexical": ("retrievers/lexical.py", "retrievers/text.py", "retrievers/base.py"),
     "dense": ("retrievers/dense.py", "retrievers/encoder.py", "retrievers/embedding_cache.py", "retrievers/base.py"),
@@ -39,7 +38,7 @@ def staleness(name: str, r: dict[str, Any]) -> str | None:
         return "measured on uncommitted code"
     bench = name.split("_")[0]
     bench_file = f"bench/bench_{bench}.py"
-    paths = [*MEASURED_CODE.get(bench, PRODUCT), "bench/common.py",
+    paths = [*MEASURED_CODE.get(bench, PRODUCT_CODE), "bench/common.py",
              *([bench_file] if (ROOT / bench_file).exists() else [])]
     try:
         changed = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *paths], cwd=ROOT,
@@ -139,12 +138,12 @@ TARGETS: list[Target] = [
 ]
 
 
-def targets_table(results: dict[str, dict[str, Any]]) -> list[str]:
+def targets_table(results: dict[str, dict[str, Any]], stale_by_name: dict[str, str | None]) -> list[str]:
     rows = ["| what | target | measured | met | run |", "|---|---|---|---|---|"]
     for what, target, name, path, ok in TARGETS:
         r = results.get(name, {})
         v = path(r) if callable(path) else get(r, path)
-        stale = staleness(name, r) if v is not None else None
+        stale = stale_by_name.get(name) if v is not None else None
         met = "—" if v is None or target.startswith("(") else ("yes" if ok(float(v)) else "**no**")
         if stale and met != "—":
             met = f"({met.strip('*')}, {stale.split(':')[0]})"
@@ -169,13 +168,12 @@ def flat(d: Any, prefix: str = "", depth: int = 0, max_depth: int = 3) -> list[t
     return out
 
 
-def section(name: str, r: dict[str, Any]) -> list[str]:
+def section(name: str, r: dict[str, Any], stale: str | None) -> list[str]:
     m = r.get("machine", {})
     command = r.get("command") or f"python -m bench.bench_{name.removesuffix('_quick')}"
     lines = [f"### {name}", "",
              f"`{command}` — {m.get('date', '?')}, "
              f"commit {m.get('commit', '?')}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores)", ""]
-    stale = staleness(name, r)
     if stale:
         lines += [f"**Not the current code's numbers** ({stale}); re-run `{command}` to refresh.", ""]
     table = RESULTS / f"{name}.md"
@@ -193,6 +191,7 @@ def section(name: str, r: dict[str, Any]) -> list[str]:
 
 def write_benchmarks_md(command: str = "bash bench/run.sh") -> Path:
     results = load_all()
+    stale_by_name = {name: staleness(name, r) for name, r in results.items()}  # one git diff each
     dates = sorted(get(r, "machine/date") or "" for r in results.values())
     machine = next(iter(results.values()), {}).get("machine", {})
     lines = [
@@ -207,14 +206,14 @@ def write_benchmarks_md(command: str = "bash bench/run.sh") -> Path:
         "A target counts as met only if its benchmark ran on the current code: a result measured before "
         "the product's code (services, retrievers, bandit, ranker, suggest) or its benchmark changed says "
         "so in the *met* column and in its section.", "",
-        *targets_table(results), "",
+        *targets_table(results, stale_by_name), "",
     ]
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += ["## Notes on these numbers", "", notes.read_text().strip(), ""]
     lines += ["## Details", ""]
     for name, r in results.items():
-        lines += section(name, r)
+        lines += section(name, r, stale_by_name[name])
     out = ROOT / "BENCHMARKS.md"
     out.write_text("\n".join(lines))
     return out

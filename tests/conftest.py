@@ -94,23 +94,27 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     snapshot = {k: client.dump(k) for k in client.scan_iter(match="ltrr:*")}
     client.close()
     # Tests that run the bandit learner publish checkpoints into this data dir; keep the built ones.
-    shutil.copytree(settings.models_dir / "bandit", _built_bandit(settings))
-    shutil.copy2(settings.models_dir / "decisions.jsonl", _built_bandit(settings) / "decisions.jsonl")
+    _copy_learned_state(settings.models_dir, _built_models(settings))
     return settings, snapshot
 
 
-def _built_bandit(settings) -> Path:
-    return settings.data_dir.parent / f"{settings.data_dir.name}-built-bandit"
+def _built_models(settings) -> Path:
+    return settings.data_dir.parent / f"{settings.data_dir.name}-built-models"
+
+
+def _copy_learned_state(src: Path, dst: Path) -> None:
+    """What the learners write into models/: the bandit's versions and the gate's decision log."""
+    dst.mkdir(exist_ok=True)
+    shutil.rmtree(dst / "bandit", ignore_errors=True)
+    shutil.copytree(src / "bandit", dst / "bandit")
+    shutil.copy2(src / "decisions.jsonl", dst / "decisions.jsonl")
 
 
 def restore_built_state(built_settings, redis_server: RedisServer) -> redis.Redis:
     """Redis and the bandit's model versions as the build left them (other tests' learners add
     versions, which a test starting from 'just built' must not see as fallbacks)."""
     settings, snapshot = built_settings
-    built = _built_bandit(settings)
-    shutil.rmtree(settings.models_dir / "bandit")
-    shutil.copytree(built, settings.models_dir / "bandit", ignore=shutil.ignore_patterns("decisions.jsonl"))
-    shutil.copy2(built / "decisions.jsonl", settings.models_dir / "decisions.jsonl")
+    _copy_learned_state(_built_models(settings), settings.models_dir)
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     pipe = client.pipeline(transaction=False)
