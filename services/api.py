@@ -42,7 +42,7 @@ from services.api_models import (
     SearchRequest,
     SearchResponse,
 )
-from services.feedback import FeedbackBatchIn, FeedbackEventIn, parse_feedback_body
+from services.feedback import MAX_FEEDBACK_BATCH, FeedbackBatchIn, FeedbackEventIn, parse_feedback_body
 from services.routes_suggest import suggest_router
 from services.routes_ui import ui_router
 
@@ -361,8 +361,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.post("/feedback", status_code=202, response_model=FeedbackAccepted,
               responses=_responses(401, 403, 413, 414, 415, 422, 500, 503), tags=["feedback"],
               dependencies=[Depends(require_key)],
-              description="One event or `{\"events\": [...]}` (1-1000). 202 only once every event is in the "
-                          "Redis stream; an `event_id` repeated within a batch is written and counted once. "
+              description=f"One event or `{{\"events\": [...]}}` (1-{MAX_FEEDBACK_BATCH}). 202 only once every "
+                          "event is in the Redis stream; an `event_id` repeated within a batch is written and counted "
+                          "once. "
                           "A batch is all or nothing: any invalid event gets a 422 and nothing is written.",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "anyOf": [{"$ref": "#/components/schemas/FeedbackEventIn"},

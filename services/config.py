@@ -1,7 +1,8 @@
 """Settings for every process (API, worker, CLI), read from LTRR_* environment variables.
 
-REDIS_URL and OPENSEARCH_URL are also read without the prefix because that is how
-docker-compose and most hosting platforms hand them over.
+REDIS_URL is also read without the prefix because that is how docker-compose and most hosting
+platforms hand it over. The OpenSearch connection (OPENSEARCH_URL and its credentials) is read by
+retrievers.opensearch_common.OpenSearchSettings, the only code that uses it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class Settings(BaseModel):
     catalog: Path = ROOT / "data" / "tracks.csv.gz"
     backend: Literal["embedded", "opensearch"] = "embedded"
     redis_url: str | None = None  # unset: the service starts its own redis-server (embedded default)
-    opensearch_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     # API worker processes. Python runs one search at a time per process (the GIL), so throughput
@@ -74,7 +74,14 @@ class Settings(BaseModel):
     bandit_silence_window: int = Field(default=200, ge=0)
     learn_bandit: bool = True  # ablation switches (the click-replay benchmark turns each off in turn)
     learn_q2e: bool = True
-    decision_ttl_s: int = Field(default=3600, ge=60)  # how long a search can receive feedback
+    decision_ttl_s: int = Field(default=3600, ge=60)  # the feedback window: how long a search can receive feedback
+    # A search's full decision (features and all, ~10-30 kB) stays in Redis only until it is
+    # rewarded, at most reward wait + this grace (a worker outage shorter than it loses nothing);
+    # the feedback window keeps only the ~0.5 kB of what was served (services.decision_store).
+    decision_grace_s: int = Field(default=600, ge=0)
+    # Rewarded searches waiting for the bandit learner (each a full joined record). The learner
+    # trims what it has checkpointed; this cap bounds Redis if no learner runs at all.
+    bandit_updates_maxlen: int = Field(default=100_000, ge=1000)
     embedded_worker: bool = True  # run the feedback worker inside the API process
     checkpoint_every: int = Field(default=500, ge=1)
     checkpoint_seconds: float = Field(default=30.0, gt=0)
@@ -84,7 +91,6 @@ class Settings(BaseModel):
     search_requires_key: bool = False
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1_000_000
-    max_feedback_batch: int = 1000
 
     @field_validator("retrievers", "default_arms")
     @classmethod
@@ -117,7 +123,7 @@ class Settings(BaseModel):
         env = os.environ
         for name, field in cls.model_fields.items():
             raw = env.get(f"LTRR_{name.upper()}")
-            if raw is None and name in ("redis_url", "opensearch_url"):
+            if raw is None and name == "redis_url":
                 raw = env.get(name.upper())
             if raw is None:
                 continue

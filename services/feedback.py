@@ -17,10 +17,12 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.api_models import JsonInt
+from services.decision_store import DecisionStore, Served
 from services.keys import Keys
 from services.records import EventType, FeedbackEvent
 
 MAX_CLOCK_SKEW_S = 300.0
+MAX_FEEDBACK_BATCH = 1000  # events per request: the schema, the parser and the docs say the same
 
 
 class FeedbackEventIn(BaseModel):
@@ -54,7 +56,7 @@ class FeedbackEventIn(BaseModel):
 
 
 class FeedbackBatchIn(BaseModel):
-    events: list[FeedbackEventIn] = Field(min_length=1, max_length=1000)
+    events: list[FeedbackEventIn] = Field(min_length=1, max_length=MAX_FEEDBACK_BATCH)
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -75,10 +77,10 @@ class IngestResult:
 
 
 class FeedbackIngest:
-    def __init__(self, client: redis.Redis, keys: Keys, *, decision_ttl_s: float, stream_maxlen: int = 5_000_000):
+    def __init__(self, client: redis.Redis, keys: Keys, decisions: DecisionStore, *, stream_maxlen: int = 5_000_000):
         self.r = client
         self.keys = keys
-        self.decision_ttl_s = decision_ttl_s
+        self.decisions = decisions
         self.stream_maxlen = stream_maxlen
 
     def validate(self, events: list[FeedbackEventIn], *, now: float | None = None,
@@ -87,15 +89,7 @@ class FeedbackIngest:
         the events' positions in the client's batch, for error reports."""
         now = time.time() if now is None else now
         indices = indices if indices is not None else list(range(len(events)))
-        search_ids = sorted({e.search_id for e in events})
-        pipe = self.r.pipeline(transaction=False)
-        for sid in search_ids:
-            pipe.get(self.keys.served(sid))
-        served: dict[str, tuple[float, list[str]]] = {}
-        for sid, raw in zip(search_ids, pipe.execute(), strict=True):
-            if raw is not None:
-                ts, _, ids = raw.decode().partition(" ")
-                served[sid] = (float(ts), ids.split())
+        served = self.decisions.served(e.search_id for e in events)
         ready: list[FeedbackEvent] = []
         errors: list[EventError] = []
         for i, e in zip(indices, events, strict=True):
@@ -132,12 +126,11 @@ class FeedbackIngest:
             return IngestResult(errors=errors)
         return IngestResult(accepted=self.write(ready))
 
-    def _check(self, e: FeedbackEventIn, served: dict[str, tuple[float, list[str]]],
-               now: float) -> tuple[str, str] | None:
+    def _check(self, e: FeedbackEventIn, served: dict[str, Served], now: float) -> tuple[str, str] | None:
         if e.search_id not in served:
             return "search_id", f"unknown or expired search_id '{e.search_id}' (feedback is accepted for " \
-                                f"{int(self.decision_ttl_s)} s after a search)"
-        search_ts, ids = served[e.search_id]
+                                f"{self.decisions.feedback_window_s} s after a search)"
+        search_ts, ids = served[e.search_id].ts, served[e.search_id].ids
         if e.track_id not in ids:
             return "track_id", f"track_id '{e.track_id}' was not returned by search '{e.search_id}'"
         if ids.index(e.track_id) + 1 != e.position:
@@ -155,8 +148,9 @@ def parse_feedback_body(body: Any) -> tuple[list[tuple[int, FeedbackEventIn]] | 
         raw = body.get("events")
         if not isinstance(raw, list):
             return None, [{"index": None, "field": "events", "message": "events must be a list"}]
-        if not 1 <= len(raw) <= 1000:
-            return None, [{"index": None, "field": "events", "message": "a batch holds 1 to 1000 events"}]
+        if not 1 <= len(raw) <= MAX_FEEDBACK_BATCH:
+            return None, [{"index": None, "field": "events",
+                           "message": f"a batch holds 1 to {MAX_FEEDBACK_BATCH} events"}]
         extra = set(body) - {"events"}
         if extra:
             return None, [{"index": None, "field": sorted(extra)[0], "message": "unexpected field"}]
@@ -174,10 +168,6 @@ def parse_feedback_body(body: Any) -> tuple[list[tuple[int, FeedbackEventIn]] | 
                 errors.append({"index": i, "field": ".".join(str(p) for p in err["loc"]) or "event",
                                "message": err["msg"]})
     return events, errors
-
-
-def served_value(ts: float, served: list[str]) -> str:
-    return f"{ts:.3f} " + " ".join(served)
 
 
 def decode_event(fields: dict[bytes, bytes]) -> FeedbackEvent:

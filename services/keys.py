@@ -9,10 +9,11 @@ from dataclasses import dataclass
 class Keys:
     prefix: str = "ltrr"
 
-    def decision(self, search_id: str) -> str:  # full DecisionRecord JSON, TTL = join window
+    # decision, served, pending: owned by services.decision_store (their lifetimes are there)
+    def decision(self, search_id: str) -> str:  # full DecisionRecord JSON until the search is rewarded
         return f"{self.prefix}:decision:{search_id}"
 
-    def served(self, search_id: str) -> str:  # space-joined served ids: cheap /feedback validation
+    def served(self, search_id: str) -> str:  # {ts, query, served ids} for the feedback window
         return f"{self.prefix}:served:{search_id}"
 
     def search_events(self, search_id: str) -> str:  # list of applied event JSON for reward aggregation
@@ -21,9 +22,6 @@ class Keys:
     def applied(self, event_id: str) -> str:  # idempotency marker per event id
         return f"{self.prefix}:applied:{event_id}"
 
-    def finalized(self, search_id: str) -> str:  # idempotency marker per rewarded search
-        return f"{self.prefix}:finalized:{search_id}"
-
     def session_queries(self, session_id: str) -> str:  # list, newest first: the session's last 10 queries
         return f"{self.prefix}:session:{session_id}:queries"
 
@@ -31,7 +29,7 @@ class Keys:
         return f"{self.prefix}:user:{user_id}:genres"
 
     @property
-    def pending(self) -> str:  # zset search_id -> join-window deadline
+    def pending(self) -> str:  # zset search_id -> reward deadline
         return f"{self.prefix}:pending"
 
     @property

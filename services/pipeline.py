@@ -25,7 +25,7 @@ from retrievers.text import normalize
 from services import metrics
 from services.catalog import Catalog, vocabulary
 from services.config import Settings
-from services.feedback import served_value
+from services.decision_store import DecisionStore
 from services.jsonl_log import JsonlWriter
 from services.keys import Keys
 from services.models import ModelHolder
@@ -76,6 +76,7 @@ class SearchPipeline:
         self.redis = client
         self.keys = keys
         self.decision_log = decision_log
+        self.decisions = DecisionStore.from_settings(client, keys, settings) if client is not None else None
         names = [n for n in settings.retrievers if n in parts.retrievers]
         self.actions: list[Action] = enumerate_actions(names, settings.max_arms, settings.budgets,
                                                        include_all=settings.include_all_action)
@@ -360,14 +361,11 @@ class SearchPipeline:
         body = record.model_dump_json()
         if self.decision_log is not None:
             self.decision_log.write(body)
-        if self.redis is None:
+        if self.redis is None or self.decisions is None:
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
-            ttl = int(self.s.decision_ttl_s)
-            pipe.set(self.keys.decision(record.search_id), body, ex=ttl)
-            pipe.set(self.keys.served(record.search_id), served_value(record.ts, record.served), ex=ttl)
-            pipe.zadd(self.keys.pending, {record.search_id: now + self.s.reward.wait_s})
+            self.decisions.stage(pipe, record, body, now)
             if record.session_id:
                 # The session's recent queries: /suggest completes the next one from the last.
                 sq = self.keys.session_queries(record.session_id)

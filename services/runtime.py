@@ -22,6 +22,7 @@ from services.activity import ActivityRecorder
 from services.artifacts import ArtifactError, ArtifactStore
 from services.catalog import Catalog
 from services.config import Settings
+from services.decision_store import DecisionStore
 from services.feedback import FeedbackIngest
 from services.jsonl_log import JsonlWriter
 from services.keys import Keys
@@ -348,7 +349,8 @@ class Runtime:
         self.xr.on_change = self._swap_xr
         self.suggest_model = suggest_holder(settings)
         self.pipeline.warm_up()
-        self.ingest = FeedbackIngest(self.redis, self.keys, decision_ttl_s=settings.decision_ttl_s)
+        self.decisions = DecisionStore.from_settings(self.redis, self.keys, settings)
+        self.ingest = FeedbackIngest(self.redis, self.keys, self.decisions)
         self.worker = None
         self.trainer: TrainerProcess | None = None
         self._start_worker = settings.embedded_worker if start_worker is None else start_worker

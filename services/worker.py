@@ -37,6 +37,7 @@ from retrievers.text import normalize
 from services import metrics
 from services.catalog import Catalog
 from services.config import Settings
+from services.decision_store import DecisionStore
 from services.feedback import decode_event
 from services.gate import BanditGate
 from services.jsonl_log import JsonlWriter
@@ -45,27 +46,20 @@ from services.records import DecisionRecord, FeedbackEvent, JoinedRecord
 from services.rewards import action_reward, is_positive, subset_rewards
 
 log = logging.getLogger("ltrr.worker")
+# An applied event's idempotency marker outlives any client retry (a day): resends are deduped.
+MARKER_TTL_S = 86_400
 
 # KEYS: applied marker, counts hash, events list, user genres hash (or "")
-# ARGV: ttl, event type, event json, genre weight, genre1, genre2, ...
+# ARGV: marker ttl, event type, event json, events list ttl, genre weight, genre1, genre2, ...
 _LUA_APPLY = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[2], 'events', 1)
 redis.call('RPUSH', KEYS[3], ARGV[3])
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
 if KEYS[4] ~= '' then
-  for i = 5, #ARGV do redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], tonumber(ARGV[4])) end
+  for i = 6, #ARGV do redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], tonumber(ARGV[5])) end
 end
-return 1
-"""
-
-# KEYS: finalized marker, updates stream, counts hash, pending zset; ARGV: ttl, search id, payload
-_LUA_FINALIZE = """
-redis.call('ZREM', KEYS[4], ARGV[2])
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000000, '*', 'u', ARGV[3])
-redis.call('HINCRBY', KEYS[3], 'rewarded_searches', 1)
 return 1
 """
 
@@ -106,7 +100,7 @@ class FeedbackWorker:
         self.activity = activity
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._apply = client.register_script(_LUA_APPLY)
-        self._finalize = client.register_script(_LUA_FINALIZE)
+        self.decisions = DecisionStore.from_settings(client, keys, settings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.training_log = JsonlWriter(settings.logs_dir, "joined")
@@ -159,12 +153,12 @@ class FeedbackWorker:
                 # Only our own ingest writes here; an undecodable entry would loop forever.
                 log.error("dropping undecodable stream entry %s: %r", mid, exc)
                 bad.append(mid)
-        decisions = self._decisions({e.search_id for _, e in events})
+        served = self.decisions.served(e.search_id for _, e in events)
         by_search: dict[str, list[FeedbackEvent]] = defaultdict(list)
         q2e_events = []
         pipe = self.r.pipeline(transaction=False)
         for _, ev in events:
-            rec = decisions.get(ev.search_id)
+            shown = served.get(ev.search_id)
             genres: list[str] = []
             weight = 0.0
             t = self.catalog.by_id.get(ev.track_id)
@@ -174,19 +168,19 @@ class FeedbackWorker:
                 weight = 1.0 if is_positive(ev, self.s.reward) else -0.5
             self._apply(keys=[self.keys.applied(ev.event_id), self.keys.counts, self.keys.search_events(ev.search_id),
                               self.keys.user_genres(ev.user_id) if ev.user_id and genres else ""],
-                        args=[int(self.s.decision_ttl_s * 2 + 86400), ev.type, ev.model_dump_json(), weight, *genres],
+                        args=[MARKER_TTL_S, ev.type, ev.model_dump_json(), self.decisions.decision_ttl_s, weight,
+                              *genres],
                         client=pipe)
-            if rec is not None:
+            if shown is not None and shown.query_norm:
                 by_search[ev.search_id].append(ev)
                 if self.q2e is not None and self.s.learn_q2e:
-                    q2e_events.append(Q2EEvent(ev.event_id, rec.query_norm, ev.track_id, ev.type, ev.timestamp))
+                    q2e_events.append(Q2EEvent(ev.event_id, shown.query_norm, ev.track_id, ev.type, ev.timestamp))
             else:
                 metrics.ERRORS.labels(kind="feedback_decision_expired").inc()
         pipe.execute()
         if self.q2e is not None and self.s.learn_q2e:
             for sid in by_search:
-                rec = decisions[sid]
-                self.q2e.impressions(rec.query_norm, rec.served, sid, ts=rec.ts)
+                self.q2e.impressions(served[sid].query_norm, served[sid].ids, sid, ts=served[sid].ts)
             if q2e_events:
                 self.q2e.apply_events(q2e_events)
         # No search is rewarded here: every search waits for the end of its reward wait (sweep),
@@ -194,17 +188,6 @@ class FeedbackWorker:
         for _, ev in events:
             metrics.WORKER_EVENTS.labels(type=ev.type).inc()
         self.r.xack(self.keys.feedback_stream, self.keys.group, *[m for m, _ in events], *bad)
-
-    def _decisions(self, search_ids: set[str]) -> dict[str, DecisionRecord]:
-        ids = sorted(search_ids)
-        pipe = self.r.pipeline(transaction=False)
-        for sid in ids:
-            pipe.get(self.keys.decision(sid))
-        out = {}
-        for sid, raw in zip(ids, pipe.execute(), strict=True):
-            if raw is not None:
-                out[sid] = DecisionRecord.model_validate_json(raw)
-        return out
 
     def finalize(self, rec: DecisionRecord) -> bool:
         """Rewards one search, once. Reads every applied event of the search from Redis."""
@@ -218,23 +201,22 @@ class FeedbackWorker:
         if self.q2e is not None and self.s.learn_q2e and not (self.learner is not None and self.learner.paused):
             # Shown and not played is weak negative evidence, but not during a feedback outage.
             self.q2e.impressions(rec.query_norm, rec.served, rec.search_id, ts=rec.ts)
-        done = self._finalize(keys=[self.keys.finalized(rec.search_id), self.keys.bandit_updates, self.keys.counts,
-                                    self.keys.pending],
-                              args=[int(self.s.decision_ttl_s * 2 + 86400), rec.search_id, json.dumps(payload)])
-        return bool(done)
+        return self.decisions.reward(rec.search_id, json.dumps(payload), self.keys.bandit_updates, self.keys.counts)
 
     def sweep(self, now: float) -> int:
         """Ends reward waits: searches past their deadline are rewarded with what they got (0 when
         nobody acted)."""
-        due = self.r.zrangebyscore(self.keys.pending, "-inf", now, start=0, num=500)
+        due = self.decisions.due(now)
         if not due:
             return 0
-        decisions = self._decisions({d.decode() for d in due})
+        decisions = self.decisions.decisions(due)
         n = 0
         for sid in due:
-            rec = decisions.get(sid.decode())
+            rec = decisions.get(sid)
             if rec is None:
-                self.r.zrem(self.keys.pending, sid)  # expired from Redis: nothing left to learn from
+                # Its decision expired (no worker within reward wait + grace): nothing to learn from.
+                metrics.ERRORS.labels(kind="decision_expired_unrewarded").inc()
+                self.decisions.forget(sid)
                 continue
             n += self.finalize(rec)
         return n
@@ -302,6 +284,10 @@ class BanditLearner:
         self.activity = activity
         self.recent_acted: deque[bool] = deque(maxlen=max(1, settings.bandit_silence_window))
         self.paused = False
+        # The update ids of the last checkpoints. Updates before the oldest of them are learned
+        # into every version a restart could resume from, so the stream is trimmed to it: Redis
+        # holds a few checkpoints' worth of joined records, not the history.
+        self.checkpointed: deque[str] = deque(maxlen=3)
 
     def _acquire(self) -> bool:
         ok = self.r.set(self.lease_key, self.owner, nx=True, ex=self.LEASE_S)
@@ -389,6 +375,9 @@ class BanditLearner:
         if decision != "held":
             self.gate.reset()
         self.store.prune()
+        self.checkpointed.append(self.last_id)
+        if len(self.checkpointed) == self.checkpointed.maxlen:
+            self.r.xtrim(self.keys.bandit_updates, minid=self.checkpointed[0], approximate=False)
         metrics.GATE_DECISIONS.labels(kind="bandit", decision=decision).inc()
         self.since_checkpoint = 0
         self.last_checkpoint = time.monotonic()

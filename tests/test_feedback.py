@@ -17,7 +17,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from services.api import create_app
-from services.feedback import FeedbackEventIn, FeedbackIngest, served_value
+from services.decision_store import DecisionStore, served_value
+from services.feedback import FeedbackEventIn, FeedbackIngest
 from services.keys import Keys
 from services.redis_server import RedisServer
 from services.runtime import Runtime
@@ -147,8 +148,9 @@ def test_acknowledged_events_survive_a_redis_crash(tmp_path: Path) -> None:
     try:
         r = redis.Redis.from_url(server.url)
         keys = Keys()
-        r.set(keys.served("s1"), served_value(time.time(), ["a", "b", "c"]))
-        ingest = FeedbackIngest(r, keys, decision_ttl_s=3600)
+        r.set(keys.served("s1"), served_value(time.time(), "q", ["a", "b", "c"]))
+        ingest = FeedbackIngest(r, keys, DecisionStore(r, keys, feedback_window_s=3600, reward_wait_s=30,
+                                                       grace_s=600, updates_maxlen=100_000))
         acked = []
         for i in range(200):
             res = ingest.ingest([FeedbackEventIn(search_id="s1", track_id="b", position=2, type="click",

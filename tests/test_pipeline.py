@@ -9,6 +9,7 @@ import pytest
 
 from bandit.actions import Action
 from retrievers.base import Candidate
+from services.decision_store import parse_served
 from services.records import DecisionRecord
 from services.runtime import Runtime
 
@@ -53,7 +54,9 @@ def test_decision_record_round_trips_through_redis(runtime: Runtime) -> None:
     raw = runtime.redis.get(runtime.keys.decision(out.record.search_id))
     back = DecisionRecord.model_validate_json(raw)
     assert back == out.record
-    assert runtime.redis.get(runtime.keys.served(out.record.search_id)).decode().split()[1:] == out.record.served
+    served = parse_served(runtime.redis.get(runtime.keys.served(out.record.search_id)))
+    assert (served.ids, served.query_norm, served.ts) == (out.record.served, out.record.query_norm,
+                                                           round(out.record.ts, 3))
 
 
 class _Raising:

@@ -1,0 +1,116 @@
+"""The Redis state of one served search, from `/search` to its reward: the single owner of the
+decision, served and pending keys (services.keys names them) for the pipeline, the feedback
+ingest and the worker.
+
+  decision:<id>  the full DecisionRecord JSON, features included (~10-30 kB): what the reward and
+                 the ranker's training need. Deleted when the search is rewarded, and expires at
+                 the end of its reward wait + `grace_s` if no worker rewarded it by then, so Redis
+                 holds (search rate x reward wait) of them, not (search rate x feedback window).
+  served:<id>    {"ts", "q", "ids"} (~0.3-0.6 kB) for the whole feedback window: validates
+                 `/feedback` and tells the click memory which query showed which tracks, also for
+                 events that arrive after the reward.
+  pending        zset id -> reward deadline. Leaving it (ZREM returning 1) is the once-only mark
+                 of a reward, in the same Lua step as the reward's XADD.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from services.config import Settings
+from services.keys import Keys
+from services.records import DecisionRecord
+
+# KEYS: pending zset, decision, events list, updates stream, counts hash; ARGV: search id, payload, maxlen
+_LUA_REWARD = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', tonumber(ARGV[3]), '*', 'u', ARGV[2])
+redis.call('HINCRBY', KEYS[5], 'rewarded_searches', 1)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a search showed: enough to validate its feedback and to teach the click memory."""
+
+    ts: float
+    query_norm: str
+    ids: list[str]
+
+
+def served_value(ts: float, query_norm: str, ids: list[str]) -> str:
+    return json.dumps({"ts": round(ts, 3), "q": query_norm, "ids": ids}, separators=(",", ":"))
+
+
+def parse_served(raw: bytes | str) -> Served:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if not text.startswith("{"):  # written before the query was kept here: "ts id id ..."
+        ts, _, ids = text.partition(" ")
+        return Served(float(ts), "", ids.split())
+    d = json.loads(text)
+    return Served(float(d["ts"]), str(d["q"]), [str(i) for i in d["ids"]])
+
+
+class DecisionStore:
+    def __init__(self, client: redis.Redis, keys: Keys, *, feedback_window_s: float, reward_wait_s: float,
+                 grace_s: float, updates_maxlen: int):
+        self.r = client
+        self.keys = keys
+        self.feedback_window_s = int(feedback_window_s)
+        self.reward_wait_s = reward_wait_s
+        # The decision outlives its reward wait by the grace, so a worker that was down briefly
+        # still rewards it; after that it is gone and the search teaches nothing (counted).
+        self.decision_ttl_s = int(reward_wait_s + grace_s)
+        self.updates_maxlen = updates_maxlen
+        self._reward = client.register_script(_LUA_REWARD)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, keys: Keys, settings: Settings) -> DecisionStore:
+        return cls(client, keys, feedback_window_s=settings.decision_ttl_s, reward_wait_s=settings.reward.wait_s,
+                   grace_s=settings.decision_grace_s, updates_maxlen=settings.bandit_updates_maxlen)
+
+    # --- written by the pipeline ------------------------------------------------------------
+    def stage(self, pipe: redis.client.Pipeline, record: DecisionRecord, body: str, now: float) -> None:
+        """Adds one search's keys to `pipe` (the pipeline's single round trip per search)."""
+        sid = record.search_id
+        pipe.set(self.keys.decision(sid), body, ex=self.decision_ttl_s)
+        pipe.set(self.keys.served(sid), served_value(record.ts, record.query_norm, record.served),
+                 ex=self.feedback_window_s)
+        pipe.zadd(self.keys.pending, {sid: now + self.reward_wait_s})
+
+    # --- read by ingest and worker ----------------------------------------------------------
+    def served(self, search_ids: Iterable[str]) -> dict[str, Served]:
+        ids = sorted(set(search_ids))
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.get(self.keys.served(sid))
+        return {sid: parse_served(raw) for sid, raw in zip(ids, pipe.execute(), strict=True) if raw is not None}
+
+    def decisions(self, search_ids: Iterable[str]) -> dict[str, DecisionRecord]:
+        ids = sorted(set(search_ids))
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.get(self.keys.decision(sid))
+        return {sid: DecisionRecord.model_validate_json(raw)
+                for sid, raw in zip(ids, pipe.execute(), strict=True) if raw is not None}
+
+    def due(self, now: float, limit: int = 500) -> list[str]:
+        """Searches whose reward wait has ended, oldest first."""
+        return [d.decode() for d in self.r.zrangebyscore(self.keys.pending, "-inf", now, start=0, num=limit)]
+
+    def forget(self, search_id: str) -> None:
+        """A due search whose decision expired: nothing is left to learn from it."""
+        self.r.zrem(self.keys.pending, search_id)
+
+    def reward(self, search_id: str, payload: str, updates_stream: str, counts: str) -> bool:
+        """Atomically: takes the search out of `pending` (False if another worker already did),
+        frees its decision and events, and appends `payload` to the bandit's updates stream."""
+        return bool(self._reward(keys=[self.keys.pending, self.keys.decision(search_id),
+                                       self.keys.search_events(search_id), updates_stream, counts],
+                                 args=[search_id, payload, self.updates_maxlen]))
