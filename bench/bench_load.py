@@ -1,6 +1,12 @@
-"""Load and soak test of the running API with wrk (issue: hardening): mixed search + feedback,
-50 concurrent connections over loopback for 60 s, then a 10-minute soak; reports requests/s,
-latency percentiles, errors, and the server's RSS before and after the soak.
+"""Load and soak test of the running API with wrk (issue: reliability): a mixed search + feedback
+load at 16 and at 50 concurrent connections over loopback, 60 s each, then a 10-minute soak at 10
+connections with the server's RSS sampled every minute (it should level off, not climb).
+
+It serves a private copy of a data dir built exactly as the README's first command builds it
+(`ltrr index build` + `ltrr train coldstart`, default settings: bench_clicks' base), so the
+numbers are a new deployment's. Per phase it reports requests/s, latency percentiles, errors and
+non-2xx answers, and from /metrics the share of searches that lost a retriever to its deadline
+(services.arm_budgets) and the deadlines in force at the end.
 
     python -m bench.bench_load [--quick]
 """
@@ -9,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import shutil
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.bench_search import _wrk, ensure_built, query_mix, served_api
+import httpx
+
+from bench.bench_clicks import base_data_dir, serve_copy
+from bench.bench_search import _wrk, query_mix
 from bench.common import write_result
 
 KEY = "bench-load-key"
@@ -54,27 +63,85 @@ def mixed_script(base: str, tmp: Path) -> Path:
     return out
 
 
+def scrape(base: str) -> dict[str, float]:
+    """The counters a phase is judged by, summed over labels."""
+    text = httpx.get(base + "/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for name in ("ltrr_bandit_actions_total", "ltrr_searches_degraded_total"):
+        out[name] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
+    out["timeouts"] = sum(float(v) for v in re.findall(
+        r'^ltrr_retriever_failures_total{[^}]*reason="timeout"[^}]*} ([0-9.e+]+)$', text, re.M))
+    for arm, v in re.findall(r'^ltrr_retriever_deadline_seconds{[^}]*retriever="(\w+)"[^}]*} ([0-9.e+]+)$', text,
+                             re.M):
+        out[f"deadline_ms_{arm}"] = round(float(v) * 1000, 2)
+    return out
+
+
+def phase(base: str, script: Path, seconds: int, conns: int) -> dict[str, object]:
+    before = scrape(base)
+    res: dict[str, object] = dict(_wrk(base, script, seconds, conns))
+    after = scrape(base)
+    searches = after["ltrr_bandit_actions_total"] - before["ltrr_bandit_actions_total"]
+    degraded = after["ltrr_searches_degraded_total"] - before["ltrr_searches_degraded_total"]
+    res.update({"searches": int(searches), "searches_degraded": int(degraded),
+                "degraded_share": degraded / searches if searches else float("nan"),
+                "retriever_timeouts": int(after["timeouts"] - before["timeouts"]),
+                "deadlines_ms": {k.removeprefix("deadline_ms_"): v for k, v in after.items()
+                                 if k.startswith("deadline_ms_")}})
+    return res
+
+
 def run(quick: bool = False) -> dict[str, object]:
     if shutil.which("wrk") is None:
         res: dict[str, object] = {"skipped": "wrk not installed (bench/run.sh installs it with apt-get)"}
         write_result("load", res)
         return res
-    ensure_built(2000 if quick else 6000)
-    with served_api(19000 + os.getpid() % 1000, LTRR_API_KEYS=KEY) as (base, proc, tmp):
-        script = mixed_script(base, tmp)
+    base_dir = base_data_dir()
+    seconds = 20 if quick else 60
+    with serve_copy(base_dir, {"LTRR_API_KEYS": KEY}) as (base, data):
+        pid = _serve_pid(data)
+        script = mixed_script(base, data.parent)
         _wrk(base, script, 5, 8)  # warm caches before the RSS baseline
-        rss_before = rss_mb(proc.pid)
-        load = _wrk(base, script, 20 if quick else 60, 50)
-        rss_after_load = rss_mb(proc.pid)
-        soak_s = 60 if quick else 600
-        soak = _wrk(base, script, soak_s, 10)
-        rss_after_soak = rss_mb(proc.pid)
-        res = {"mix": "80% GET /search, 20% POST /feedback (batches of 10 events)", "load_50_connections": load,
-               "soak": soak, "rss_mb": {"before": rss_before, "after_load": rss_after_load,
-                                        "after_soak": rss_after_soak},
-               "rss_growth_during_soak_mb": rss_after_soak - rss_after_load}
+        rss_before = rss_mb(pid)
+        load16 = phase(base, script, seconds, 16)
+        load50 = phase(base, script, seconds, 50)
+        rss_after_load = rss_mb(pid)
+        soak_min = 1 if quick else 10
+        curve = [{"minute": 0, "rss_mb": rss_after_load}]
+        soak_parts = []
+        for m in range(1, soak_min + 1):
+            soak_parts.append(phase(base, script, 60, 10))
+            curve.append({"minute": m, "rss_mb": rss_mb(pid)})
+        n = sum(int(p["searches"]) for p in soak_parts)
+        soak = {"minutes": soak_min, "connections": 10,
+                "requests_per_s": sum(float(p["requests_per_s"]) for p in soak_parts) / len(soak_parts),
+                "non_2xx": sum(int(p["non_2xx"]) for p in soak_parts),
+                "socket_errors": sum(int(p["socket_errors"]) for p in soak_parts),
+                "degraded_share": sum(int(p["searches_degraded"]) for p in soak_parts) / n if n else float("nan")}
+        half = curve[len(curve) // 2]["rss_mb"]
+        res = {"data_dir": "README-built, default settings (bench_clicks base), private copy",
+               "mix": "80% GET /search, 20% POST /feedback (batches of 10 events)",
+               "load_16_connections": load16, "load_50_connections": load50, "soak": soak,
+               "rss_mb": {"before": rss_before, "after_load": rss_after_load, "after_soak": curve[-1]["rss_mb"]},
+               "rss_curve": curve, "rss_growth_during_soak_mb": curve[-1]["rss_mb"] - rss_after_load,
+               "rss_growth_second_half_mb": curve[-1]["rss_mb"] - half}
     write_result("load", res)
     return res
+
+
+def _serve_pid(data: Path) -> int:
+    """The `ltrr serve` process started on this data dir (found by its environment)."""
+    want = f"LTRR_DATA_DIR={data}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            if b"services.cli" in (proc / "cmdline").read_bytes() and want in env:
+                return int(proc.name)
+        except OSError:
+            continue
+    raise RuntimeError(f"no ltrr serve process for {data}")
 
 
 if __name__ == "__main__":

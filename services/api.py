@@ -313,6 +313,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                 propensity=rec.propensity,
                 probabilities={a.key: p for a, p in zip(rec.actions, rec.probabilities, strict=True)},
                 timings_ms={k: round(v, 3) for k, v in out.timings_ms.items()}, failed_retrievers=rec.failed,
+                retriever_deadlines_ms={k: round(v, 2) for k, v in out.deadlines_ms.items()},
                 candidates_per_retriever={k: len(v) for k, v in rec.candidates.items()},
                 bandit_version=rec.bandit_version, ranker_version=rec.ranker_version, context=out.context)
         log.info("search", extra={"search_id": out.record.search_id, "q_len": len(req.q),

@@ -103,7 +103,9 @@ class DebugInfo(BaseModel):
     propensity: float
     probabilities: dict[str, float]
     timings_ms: dict[str, float]
-    failed_retrievers: list[str]
+    failed_retrievers: list[str] = Field(description="chosen retrievers dropped for an error or a missed deadline")
+    retriever_deadlines_ms: dict[str, float] = Field(
+        description="how long this search waited for each retriever it ran (its measured p95 x a factor, capped)")
     candidates_per_retriever: dict[str, int]
     bandit_version: str | None
     ranker_version: str | None

@@ -42,7 +42,11 @@ class Settings(BaseModel):
     latency_lambda: float = Field(default=0.05, ge=0.0)
     shadow: bool = False  # run every retriever, serve the default policy, learn full-information
     default_arms: tuple[str, ...] = ("lexical", "dense")  # the fixed policy served in shadow mode / fallback
+    # Each retriever's deadline is retriever_deadline_factor x its measured p95, at least the floor,
+    # at most retriever_timeout_ms (services.arm_budgets has the whole policy).
     retriever_timeout_ms: float = Field(default=80.0, gt=0)
+    retriever_deadline_factor: float = Field(default=3.0, gt=0)
+    retriever_deadline_floor_ms: float = Field(default=20.0, ge=0)
     rerank_depth: int = Field(default=200, ge=10, le=2000)  # union size the ranker scores
     # Query encoder precision for the embedded dense arm. int8 measured 2.5x faster than fp32 with
     # the same quality (SciFact nDCG@10 0.647 vs 0.645, dev playlists 0.078 vs 0.078; bench_dense);

@@ -17,6 +17,11 @@ STAGE_SECONDS = Histogram("ltrr_search_stage_seconds", "search latency per stage
 RETRIEVER_SECONDS = Histogram("ltrr_retriever_seconds", "latency per retriever", ["retriever"], buckets=_BUCKETS)
 RETRIEVER_FAILURES = Counter("ltrr_retriever_failures_total", "retrievers dropped from a search",
                              ["retriever", "reason"])
+RETRIEVER_DEADLINE = Gauge("ltrr_retriever_deadline_seconds",
+                           "the deadline a search gives each retriever (services.arm_budgets)", ["retriever"],
+                           multiprocess_mode="liveall")
+SEARCHES_DEGRADED = Counter("ltrr_searches_degraded_total",
+                            "searches that lost at least one retriever to a timeout or an error")
 ARM_CHOICES = Counter("ltrr_bandit_actions_total", "bandit decisions per action", ["action"])
 REWARDS = Counter("ltrr_bandit_reward_total", "sum of rewards the bandit learned from", ["action"])
 REWARDED = Counter("ltrr_bandit_updates_total", "decisions the bandit learned from", ["action"])

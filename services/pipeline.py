@@ -9,7 +9,8 @@ import random
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from ranker.features import CandidateInput, FeatureRegistry, QueryInput, TrackFe
 from retrievers.base import Candidate, Retriever
 from retrievers.text import normalize
 from services import metrics
+from services.arm_budgets import ArmBudgets
 from services.catalog import Catalog, vocabulary
 from services.config import Settings
 from services.decision_store import DecisionStore
@@ -54,6 +56,7 @@ class SearchOutcome:
     features: np.ndarray | None = None
     context: dict[str, float] = field(default_factory=dict)
     versions: dict[str, list[str]] = field(default_factory=dict)  # served id -> other versions of its recording
+    deadlines_ms: dict[str, float] = field(default_factory=dict)  # how long each run retriever was given
 
 
 @dataclass
@@ -91,6 +94,9 @@ class SearchPipeline:
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="retriever")
         self.default_policy = FixedPolicy([a for a in settings.default_arms if a in names] or names[:1])
         self.fallback_arm = "lexical" if "lexical" in names else names[0]
+        self.budgets = ArmBudgets(settings.retriever_timeout_ms, factor=settings.retriever_deadline_factor,
+                                  floor_ms=settings.retriever_deadline_floor_ms)
+        self._last_timeout_log: dict[str, float] = {}
         self.activity = activity
         self._rng = random.Random(0)
         self.recording_of = {t.track_id: recording_key(t.title, t.artist) for t in parts.catalog.tracks}
@@ -130,18 +136,23 @@ class SearchPipeline:
         metrics.ARM_CHOICES.labels(action=decision.action.key).inc()
 
         t = time.perf_counter()
-        results, failed, per_ms = self._retrieve(query, run_arms, budget)
+        results, failed, per_ms, deadlines = self._retrieve(query, run_arms, budget)
         served_arms = decision.action.arms
-        if not any(results.get(a) for a in served_arms) and self.fallback_arm not in run_arms:
-            # Every chosen retriever failed or found nothing (Q2E has no memory of a new query, XR
-            # knows none of its n-grams): answer from the fallback rather than with nothing. Its
-            # candidates are logged under its own name and the bandit is rewarded only for items
-            # its chosen arms found, so the empty choice earns 0 and is learned as such.
-            more, more_failed, more_ms = self._retrieve(query, (self.fallback_arm,), budget)
+        fallback = self.budgets.cheapest_good(self.p.retrievers, self.fallback_arm)
+        if not any(results.get(a) for a in served_arms) and fallback not in run_arms:
+            # Every chosen retriever failed, timed out or found nothing (Q2E has no memory of a new
+            # query, XR knows none of its n-grams): answer from the cheapest good arm rather than
+            # with nothing (services.arm_budgets). Its candidates are logged under its own name and
+            # the bandit is rewarded only for items its chosen arms found, so the empty choice
+            # earns 0 and is learned as such.
+            more, more_failed, more_ms, more_deadlines = self._retrieve(query, (fallback,), budget)
             results.update(more)
             failed += more_failed
             per_ms.update(more_ms)
-            served_arms = (*served_arms, self.fallback_arm)
+            deadlines.update(more_deadlines)
+            served_arms = (*served_arms, fallback)
+        if failed:
+            metrics.SEARCHES_DEGRADED.inc()
         timings["retrieve"] = _ms(t)
 
         t = time.perf_counter()
@@ -202,7 +213,7 @@ class SearchPipeline:
             metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
         return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
                              timings_ms=timings, decision=decision, features=feature_rows, context=context,
-                             versions=versions)
+                             versions=versions, deadlines_ms=deadlines)
 
     def warm_up(self) -> None:
         """First calls pay for lazy loading (ONNX session, tantivy searcher, Lua scripts): make
@@ -261,34 +272,50 @@ class SearchPipeline:
         return [m.track_id for m in known], pins
 
     def _retrieve(self, query: str, arms: tuple[str, ...], budget: int
-                  ) -> tuple[dict[str, list[Candidate]], list[str], dict[str, float]]:
-        timeout = self.s.retriever_timeout_ms / 1000.0
-        started = {a: time.perf_counter() for a in arms}
-        futures = {self.pool.submit(self._timed, self.p.retrievers[a], query, budget): a
+                  ) -> tuple[dict[str, list[Candidate]], list[str], dict[str, float], dict[str, float]]:
+        """Runs `arms` in parallel, each with its own deadline (services.arm_budgets): (candidates
+        of the arms that answered in time, arms dropped, ms per arm, deadline ms per arm)."""
+        started = time.perf_counter()
+        futures = {a: self.pool.submit(self._timed, self.p.retrievers[a], query, budget)
                    for a in arms if a in self.p.retrievers}
-        # Wait for all: a failing arm drops only itself, a hanging one only costs the timeout.
-        _, not_done = wait(futures, timeout=timeout)
+        deadlines = {a: self.budgets.deadline_ms(a) for a in futures}
         results: dict[str, list[Candidate]] = {}
         failed: list[str] = []
         per_ms: dict[str, float] = {}
-        for fut, arm in futures.items():
-            if fut in not_done:
+        # Earliest deadline first: a failing arm drops only itself, a hanging one costs only its
+        # own deadline, and an arm done before its turn is taken as it is.
+        for arm in sorted(futures, key=deadlines.__getitem__):
+            remaining = deadlines[arm] / 1000.0 - (time.perf_counter() - started)
+            try:
+                cands, ms = futures[arm].result(timeout=max(0.0, remaining))
+            except FutureTimeout:
                 failed.append(arm)
-                per_ms[arm] = (time.perf_counter() - started[arm]) * 1000
+                per_ms[arm] = (time.perf_counter() - started) * 1000
+                self.budgets.observe(arm, per_ms[arm], found=False)
                 metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="timeout").inc()
-                log.warning("retriever %s timed out after %.0f ms; dropped from the union", arm, timeout * 1000)
+                self._log_timeout(arm, deadlines[arm])
                 continue
-            exc = fut.exception()
-            if exc is not None:
+            except Exception as exc:
                 failed.append(arm)
                 metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="error").inc()
                 log.error("retriever %s failed: %r; dropped from the union", arm, exc)
                 continue
-            cands, ms = fut.result()
             results[arm] = cands
             per_ms[arm] = ms
+            self.budgets.observe(arm, ms, found=bool(cands))
             metrics.RETRIEVER_SECONDS.labels(retriever=arm).observe(ms / 1000.0)
-        return results, failed, per_ms
+        for arm, ms in deadlines.items():
+            metrics.RETRIEVER_DEADLINE.labels(retriever=arm).set(ms / 1000.0)
+        return results, failed, per_ms, deadlines
+
+    def _log_timeout(self, arm: str, deadline_ms: float) -> None:
+        """One line per arm per 10 s: under overload every search could time out, and the
+        counters (not the log) carry the rate."""
+        now = time.monotonic()
+        if now - self._last_timeout_log.get(arm, -1e9) >= 10.0:
+            self._last_timeout_log[arm] = now
+            log.warning("retriever %s missed its %.0f ms deadline; dropped from the union "
+                        "(ltrr_retriever_failures_total counts every one)", arm, deadline_ms)
 
     @staticmethod
     def _timed(retriever: Retriever, query: str, k: int) -> tuple[list[Candidate], float]:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from bandit.actions import Action
+from bandit.policy import FixedPolicy
 from retrievers.base import Candidate
+from services.arm_budgets import ArmBudgets
 from services.decision_store import parse_served
+from services.pipeline import SearchPipeline
 from services.records import DecisionRecord
 from services.runtime import Runtime
 
@@ -81,7 +86,7 @@ def test_a_failing_or_hanging_retriever_does_not_fail_the_search(runtime: Runtim
     pipe.p.retrievers["dense"] = bad  # the fault under test: the real index raising / hanging
     try:
         both = next(i for i, a in enumerate(pipe.actions) if set(a.arms) == {"lexical", "dense"})
-        results, failed, _ = pipe._retrieve("shape of you", pipe.actions[both].arms, 50)
+        results, failed, _, _ = pipe._retrieve("shape of you", pipe.actions[both].arms, 50)
         assert failed == ["dense"] and results["lexical"]
         t = time.perf_counter()
         out = pipe.search("shape of you", 10)
@@ -89,6 +94,69 @@ def test_a_failing_or_hanging_retriever_does_not_fail_the_search(runtime: Runtim
         assert time.perf_counter() - t < 0.9 or "dense" not in out.record.actions[out.record.chosen].arms
     finally:
         pipe.p.retrievers["dense"] = real
+
+
+@contextmanager
+def _forced(pipe: SearchPipeline, arms: tuple[str, ...]) -> Iterator[None]:
+    holder = pipe.p.policy
+    saved = holder.current()
+    holder.set(FixedPolicy(arms), "fixed")
+    try:
+        yield
+    finally:
+        holder.set(saved, getattr(saved, "version", None))
+
+
+def _metric(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return float(REGISTRY.get_sample_value(name) or 0.0)
+
+
+def test_a_retriever_gets_a_deadline_from_its_own_latency(runtime: Runtime) -> None:
+    """The explicit timeout policy (services.arm_budgets): an arm measured fast is cut at its own
+    deadline, not the global cap, and the search says so (failed, deadlines, counters)."""
+    pipe = runtime.pipeline
+    real, budgets = pipe.p.retrievers["dense"], pipe.budgets
+    pipe.budgets = ArmBudgets(budgets.cap_ms, factor=3.0, floor_ms=5.0)
+    for _ in range(64):
+        pipe.budgets.observe("dense", 2.0, found=True)
+    assert pipe.budgets.deadline_ms("dense") == 6.0 < pipe.budgets.cap_ms
+    pipe.p.retrievers["dense"] = _Sleeping()
+    before = _metric("ltrr_searches_degraded_total")
+    try:
+        results, failed, _, deadlines = pipe._retrieve("shape of you", ("lexical", "dense"), 50)
+        assert failed == ["dense"] and results["lexical"]
+        assert deadlines == {"lexical": pipe.budgets.cap_ms, "dense": 6.0}  # lexical: not measured yet
+        with _forced(pipe, ("lexical", "dense")):
+            out = pipe.search("shape of you", 10, analytics=False)
+        assert "dense" in out.record.failed and out.deadlines_ms["dense"] == 6.0 and out.record.served
+        assert _metric("ltrr_searches_degraded_total") == before + 1
+    finally:
+        pipe.p.retrievers["dense"], pipe.budgets = real, budgets
+
+
+def test_when_every_chosen_arm_fails_the_cheapest_good_arm_answers(runtime: Runtime) -> None:
+    pipe = runtime.pipeline
+    saved = dict(pipe.p.retrievers)
+    budgets = pipe.budgets
+    pipe.budgets = ArmBudgets(budgets.cap_ms)
+    for _ in range(64):  # measured: q2e is fastest but finds nothing; dense is cheaper than lexical here
+        pipe.budgets.observe("q2e", 0.5, found=False)
+        pipe.budgets.observe("dense", 3.0, found=True)
+        pipe.budgets.observe("lexical", 4.0, found=True)
+    assert pipe.budgets.cheapest_good(pipe.p.retrievers, "lexical") == "dense"
+    pipe.p.retrievers["xr"] = _Raising()
+    pipe.p.retrievers["q2e"] = _Raising()
+    try:
+        with _forced(pipe, ("xr", "q2e")):
+            out = pipe.search("shape of you", 10, analytics=False)
+        assert set(out.record.failed) == {"xr", "q2e"}
+        assert out.record.served and set(out.record.candidates) == {"dense"}
+    finally:
+        pipe.p.retrievers.clear()
+        pipe.p.retrievers.update(saved)
+        pipe.budgets = budgets
 
 
 def test_rank_features_of_unrun_retrievers_are_missing(runtime: Runtime) -> None:
