@@ -1,0 +1,77 @@
+"""Redis memory per search (issue: reliability, item 9), on a private copy of a README-built data
+dir with default settings: `used_memory` before and after N searches (the live decisions), then
+after their reward (what the feedback window keeps), then after the learner's checkpoints (what
+the bandit's updates stream keeps). docs/capacity.md quotes these.
+
+    python -m bench.bench_memory [--searches 2000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_clicks import base_data_dir
+from bench.bench_search import query_mix
+from bench.common import write_result
+
+
+def run(n: int) -> dict[str, object]:
+    from services.config import Settings
+    from services.runtime import Runtime
+    from services.worker import BanditLearner, FeedbackWorker
+
+    tmp = Path(tempfile.mkdtemp(prefix="ltrr-mem-"))
+    data = tmp / "var"
+    shutil.copytree(base_data_dir(), data, symlinks=True, ignore=shutil.ignore_patterns("*.lock", "*.pid", "logs"))
+    settings = Settings.from_env(data_dir=data, embedded_worker=False)
+    rt = Runtime(settings, start_worker=False)
+    try:
+        r = rt.redis
+        worker = FeedbackWorker(settings, r, rt.keys, q2e_store=rt.q2e_store, catalog=rt.catalog,
+                                bandit_store=rt.bandit_store)
+        worker.learner = BanditLearner(settings, r, rt.keys, rt.bandit_store, worker.training_log)
+
+        def used() -> int:
+            return int(r.info("memory")["used_memory"])
+
+        queries = query_mix(n, seed=3)
+        base = used()
+        for q in queries:
+            rt.pipeline.search(q, 20)
+        live = used() - base
+        swept = 0
+        while swept < n:
+            got = worker.sweep(time.time() + settings.reward.wait_s + 1)
+            swept += got
+            if not got:
+                break
+        rewarded = used() - base
+        # Checkpoints every 200 updates (the service's default is every 500 or 30 s).
+        while worker.learner.step(count=200):
+            worker.learner.checkpoint(force=True)
+        learned = used() - base
+        worker.training_log.close()
+        return {"searches": n, "limit": 20, "rewarded": swept,
+                "bytes_per_search_live": live / n, "bytes_per_search_after_reward": rewarded / n,
+                "bytes_per_search_after_checkpoints": learned / n,
+                "updates_stream_len": int(r.xlen(rt.keys.bandit_updates)),
+                "settings": {"reward_wait_s": settings.reward.wait_s, "decision_grace_s": settings.decision_grace_s,
+                             "decision_ttl_s": settings.decision_ttl_s}}
+    finally:
+        rt.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--searches", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="500 searches")
+    args = ap.parse_args()
+    res = run(500 if args.quick else args.searches)
+    write_result("memory", res)
+    print(json.dumps(res, indent=2))
