@@ -35,7 +35,7 @@ RUN pip install --no-deps --no-build-isolation -e . \
 assert torch.__version__.startswith('2.13.0'), torch.__version__; \
 import faiss, tantivy, lightgbm, vowpal_wabbit_next, sentence_transformers, opensearchpy; \
 from pecos.xmc.xlinear.model import XLinearModel; \
-import services, retrievers, bandit, ranker; print('image ok')"
+import services, retrievers, bandit, ranker, replay, logged; print('image ok')"
 
 # Unprivileged runtime user. /data is created here, owned by that user, so a fresh named volume
 # mounted on it inherits the ownership.

@@ -1,6 +1,6 @@
 """Bandit actions: a subset of retrievers ("arms") plus the candidate budget for each.
 
-`Action` has the same fields as services.records.ActionRecord (arms, budget) so the service can
+`Action` has the same fields as logged.records.ActionRecord (arms, budget) so the service can
 convert either way with `ActionRecord(**action.as_dict())` / `Action.from_record(record)`.
 """
 

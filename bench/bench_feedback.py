@@ -22,10 +22,10 @@ from bench.common import latency_summary, write_result
 
 
 def run(quick: bool = False) -> dict[str, object]:
-    from services.feedback import FeedbackEventIn
+    from services.learning.worker import BanditLearner, FeedbackWorker
     from services.redis_server import RedisServer
-    from services.runtime import Runtime
-    from services.worker import BanditLearner, FeedbackWorker
+    from services.serving.feedback import FeedbackEventIn
+    from services.serving.runtime import Runtime
 
     ensure_built(2000 if quick else 6000)
     base = bench_settings()

@@ -3,14 +3,14 @@
     python -m bench.bench_learning [--quick] [--no-ranker]
 
 1. Precompute, once per query sequence (cached in bench/.cache), every retriever's top-100
-   candidates for each simulated query (services.simulate: spearfishing with typos, topic and
+   candidates for each simulated query (services.offline.simulate: spearfishing with typos, topic and
    repeated popular queries) with `retrieve_batch`, and each retriever's latency per query: single
    `retrieve` calls, timed on every distinct query in --quick mode and on a 2,000-query sample
    otherwise (the other queries get their intent's median for that retriever).
 2. Run every policy over the same sequence (20,000 queries, 2,000 in --quick). Per step:
    retrieval reward = spearfishing / popular: 1 if the wanted track is in the union of the chosen
    retrievers' candidates; topic: the capped recall |relevant & union| / min(|relevant|, 100)
-   (services.simulate.retrieval_reward); net reward = retrieval reward - latency_lambda x arms,
+   (services.offline.simulate.retrieval_reward); net reward = retrieval reward - latency_lambda x arms,
    the cost VW optimizes (bandit.policy.CostModel, "arms" mode).
    The Q2E memory learns as it does in service: after a step whose union holds the wanted track
    (topic: up to two relevant tracks) the user clicks it, and the memory puts it first for that
@@ -60,7 +60,7 @@ WINDOW = 0.5  # targets are judged on the last half of the run
 
 @dataclass
 class Precomputed:
-    queries: list[Any]  # services.simulate.SimQuery
+    queries: list[Any]  # services.offline.simulate.SimQuery
     contexts: list[dict[str, float]]
     cands: dict[str, list[list[str]]]  # retriever -> per query top-100 ids (index into `texts`)
     latency: dict[str, np.ndarray]  # retriever -> (n,) ms
@@ -80,7 +80,7 @@ def precompute(rt: Any, n: int, seed: int, *, time_all: bool, progress: bool = T
     from tqdm import tqdm
 
     from retrievers.text import normalize
-    from services.simulate import TrafficSimulator
+    from services.offline.simulate import TrafficSimulator
 
     path = CACHE / f"learning-{n}-seed{seed}-{_fingerprint(rt.settings)}.pkl"
     if path.exists():
@@ -185,7 +185,7 @@ def simulate_policy(name: str, pre: Precomputed, actions: list[Any], lam: float,
                     learn: Any | None = None, greedy: Any | None = None) -> list[RunResult]:
     """One pass over the sequence. `choose(i, ctx) -> (action index, propensity)`; `learn(ctx, a,
     reward, p, latency)` updates the policy; `greedy(ctx) -> action index` is scored on the side."""
-    from services.simulate import retrieval_reward
+    from services.offline.simulate import retrieval_reward
 
     n = len(pre.queries)
     mem = Memory()
@@ -242,7 +242,7 @@ def bandit_runs(rt: Any, pre: Precomputed, lam: float, progress: bool = True) ->
 
     results += simulate_policy("uniform", pre, actions, lam, uniform)
     from bandit.policy import VWPolicy
-    from services.runtime import vw_config
+    from services.serving.runtime import vw_config
 
     # The service's configuration (from a fresh model and from the cold-start one), and SquareCB,
     # the other exploration the settings offer (LTRR_EXPLORATION=squarecb), for comparison.
@@ -383,7 +383,7 @@ def plot(results: list[RunResult], oracle: RunResult, pre: Precomputed, learned:
 
 def bandit_part(n: int, quick: bool, progress: bool = True) -> dict[str, Any]:
     from bench.bench_search import bench_settings
-    from services.runtime import Runtime
+    from services.serving.runtime import Runtime
 
     s = bench_settings()
     rt = Runtime(s, start_worker=False)
@@ -450,10 +450,10 @@ def ranker_part(n_train: int, n_eval: int, progress: bool = True) -> dict[str, A
     from bench.bench_search import bench_settings
     from ranker import model as ranker_model
     from services.artifacts import ArtifactStore
-    from services.build import train_ranker_from_log
-    from services.runtime import Runtime
-    from services.simulate import TrafficSimulator
-    from services.simulate import run as simulate
+    from services.offline.build import train_ranker_from_log
+    from services.offline.simulate import TrafficSimulator
+    from services.offline.simulate import run as simulate
+    from services.serving.runtime import Runtime
 
     base = bench_settings()
     data = _copy_data_dir(base.data_dir)

@@ -6,7 +6,7 @@ It serves a private copy of a data dir built exactly as the README's first comma
 (`ltrr index build` + `ltrr train coldstart`, default settings: bench_clicks' base), so the
 numbers are a new deployment's. Per phase it reports requests/s, latency percentiles, errors and
 non-2xx answers, and from /metrics the share of searches that lost a retriever to its deadline
-(services.arm_budgets) and the deadlines in force at the end.
+(services.serving.arm_budgets) and the deadlines in force at the end.
 
     python -m bench.bench_load [--quick]
 """

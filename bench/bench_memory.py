@@ -22,8 +22,8 @@ from bench.common import write_result
 
 def run(n: int) -> dict[str, object]:
     from services.config import Settings
-    from services.runtime import Runtime
-    from services.worker import BanditLearner, FeedbackWorker
+    from services.learning.worker import BanditLearner, FeedbackWorker
+    from services.serving.runtime import Runtime
 
     tmp = Path(tempfile.mkdtemp(prefix="ltrr-mem-"))
     data = tmp / "var"

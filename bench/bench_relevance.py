@@ -40,7 +40,7 @@ from bench.common import RESULTS, ndcg_at_k, recall_at_k, write_result
 from bench.relevance_sets import SPEARFISH_KINDS, RelevanceQuery, spearfish_set, topic_set
 
 if TYPE_CHECKING:
-    from services.runtime import Runtime
+    from services.serving.runtime import Runtime
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -122,7 +122,7 @@ def run(data_dir: Path, *, quick: bool = False, fresh_lexical: bool = False, lab
     from retrievers.lexical import TantivyRetriever
     from retrievers.structured import StructuredRetriever
     from services.config import Settings
-    from services.runtime import Runtime
+    from services.serving.runtime import Runtime
 
     if not (data_dir / "indexes").exists():
         raise SystemExit(f"{data_dir} is not a built data dir (no indexes/): run `ltrr index build` and "

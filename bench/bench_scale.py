@@ -32,7 +32,7 @@ def build(n: int) -> tuple[object, dict[str, float]]:
     from retrievers.q2e import Q2EConfig, RedisQ2EStore
     from services.catalog import Catalog
     from services.config import Settings
-    from services.runtime import connect_redis
+    from services.serving.runtime import connect_redis
 
     base = bench_settings()
     csv = synthetic_catalog(n)
@@ -112,8 +112,8 @@ def _xr_model(n: int, docs: list, dest: Path) -> str:
 
 
 def run(quick: bool = False) -> dict[str, object]:
-    from services.runtime import Runtime
-    from services.typos import add_typos
+    from services.offline.typos import add_typos
+    from services.serving.runtime import Runtime
 
     ensure_built(2000 if quick else 6000)
     n = 100_000 if quick else 1_000_000

@@ -35,9 +35,9 @@ def bench_settings():  # type: ignore[no-untyped-def]
 def ensure_built(queries: int = 6000) -> None:
     """Builds the bench data dir once (indexes + cold-start models), reused across runs."""
     from services.artifacts import ArtifactStore
-    from services.build import build_indexes, train_coldstart
     from services.catalog import Catalog
-    from services.runtime import Runtime, connect_redis
+    from services.offline.build import build_indexes, train_coldstart
+    from services.serving.runtime import Runtime, connect_redis
 
     s = bench_settings()
     if ArtifactStore(s.models_dir / "ranker", "ranker").versions():
@@ -58,7 +58,7 @@ def ensure_built(queries: int = 6000) -> None:
 def query_mix(n: int, seed: int = 0) -> list[str]:
     """Half spearfishing (titles, artist + title, some misspelled), half topic (playlist names)."""
     from services.catalog import Catalog
-    from services.typos import add_typos
+    from services.offline.typos import add_typos
 
     rng = random.Random(seed)
     cat = Catalog.load(bench_settings().catalog)
@@ -76,7 +76,7 @@ def query_mix(n: int, seed: int = 0) -> list[str]:
 
 def in_process(n: int) -> dict[str, object]:
     from bandit.policy import FixedPolicy
-    from services.runtime import Runtime
+    from services.serving.runtime import Runtime
 
     rt = Runtime(bench_settings(), start_worker=False)
     try:

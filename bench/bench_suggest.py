@@ -2,7 +2,7 @@
 
 Held-out sessions are simulated from the catalog with a seeded generator: a user picks a track
 (popularity-weighted), searches a first query (the artist or the title, misspelled a third of
-the time by services.typos) and then a related next query (after an artist: one of their titles,
+the time by services.offline.typos) and then a related next query (after an artist: one of their titles,
 "artist title" or an album; after a title: its artist), typing its first 1-5 characters.
 MRR@5 of the next query is reported per prefix length for the trie, the model without the
 previous query and the model with it.
@@ -32,8 +32,8 @@ import numpy as np
 from bench.common import RESULTS, ROOT, latency_summary, write_result
 from retrievers.text import normalize
 from services.catalog import Catalog, Track
-from services.suggest_service import album_text, build_model, catalog_labels, catalog_session_pairs, title_text
-from services.typos import add_typos
+from services.offline.typos import add_typos
+from services.serving.suggest_service import album_text, build_model, catalog_labels, catalog_session_pairs, title_text
 from suggest import LoggedQuery, SuggestModel, pairs_from_log
 
 PREFIX_LENGTHS = (1, 2, 3, 4, 5)

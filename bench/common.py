@@ -90,9 +90,10 @@ def _git(*args: str) -> str:
 # The code a benchmark measures is the code at its start (a run can outlast commits made beside it).
 # `dirty`: uncommitted changes to the product or the benches, so the commit alone does not say
 # what ran.
-# The product's code, as git pathspecs. The web page's static files (services/ui) run in
+# The product's code, as git pathspecs. The web page's static files (services/serving/ui) run in
 # browsers, never in a benchmark.
-PRODUCT_CODE = ("services", ":(exclude)services/ui", "retrievers", "bandit", "ranker", "suggest")
+PRODUCT_CODE = ("services", ":(exclude)services/serving/ui", "retrievers", "bandit", "ranker", "suggest", "replay",
+                "logged")
 STARTED_AT = {"commit": _git("rev-parse", "--short", "HEAD"),
               "dirty": bool(_git("status", "--porcelain", "--", *PRODUCT_CODE, "bench/*.py"))}
 

@@ -12,11 +12,11 @@
     words ("shake it") occur. Titles under 5 characters are not cut; a prefix that is itself the
     full title of another song ("love" from "Love Story") is dropped, since that song is a
     correct answer to it.
-  - `title_typo`, `artist_title_typo`: the same with `services.typos.add_typos` misspellings
+  - `title_typo`, `artist_title_typo`: the same with `services.offline.typos.add_typos` misspellings
     (each 4+ letter word with probability 0.5, at least one).
   The title is the part people type: no version suffix ("- Remastered 2011", "(feat. X)").
   Relevant = the sampled track or any version of the same recording
-  (`services.recordings.recording_key`: same base title and same primary artist).
+  (`services.serving.recordings.recording_key`: same base title and same primary artist).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Literal
 
 from bench.common import load_playlists
 from services.catalog import Catalog, Track
-from services.recordings import base_title, primary_artist, recording_key
-from services.typos import add_typos
+from services.offline.typos import add_typos
+from services.serving.recordings import base_title, primary_artist, recording_key
 
 SpearfishKind = Literal["artist_title", "title", "partial_title", "title_typo", "artist_title_typo"]
 SPEARFISH_KINDS: tuple[SpearfishKind, ...] = ("artist_title", "title", "partial_title", "title_typo",

@@ -23,10 +23,10 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {
     "lexical": ("retrievers/lexical.py", "retrievers/text.py", "retrievers/base.py"),
     "dense": ("retrievers/dense.py", "retrievers/encoder.py", "retrievers/embedding_cache.py", "retrievers/base.py"),
     "xr": ("retrievers/xr_linear.py", "retrievers/pseudo_queries.py", "retrievers/configs.py", "retrievers/text.py"),
-    "q2e": ("retrievers/q2e.py", "retrievers/text.py"),
+    "q2e": ("retrievers/q2e", "retrievers/text.py"),
     "bandit": ("bandit",),
     "ranker": ("ranker",),
-    "suggest": ("suggest", "services/suggest_service.py", "retrievers/configs.py", "retrievers/text.py"),
+    "suggest": ("suggest", "services/serving/suggest_service.py", "retrievers/configs.py", "retrievers/text.py"),
 }
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -283,3 +283,10 @@ def _pooled_normalized(model: object) -> object:
 
     return PooledNormalized(model)
 
+
+
+def torch_text_encoder() -> Callable[[Iterable[str]], np.ndarray]:
+    """The embedded dense model's encoder as a function of texts. OpenSearch k-NN is indexed and
+    queried with it, so both backends embed text identically (retrievers.dense.document_text)."""
+    enc = TorchEncoder()
+    return lambda texts: enc.encode(list(texts))

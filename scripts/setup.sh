@@ -35,7 +35,7 @@ assert numpy.__version__.startswith("1."), numpy.__version__
 assert torch.__version__.startswith("2.13.0"), torch.__version__
 import faiss, tantivy, lightgbm, vowpal_wabbit_next, sentence_transformers  # noqa: F401
 from pecos.xmc.xlinear.model import XLinearModel  # noqa: F401
-import services, retrievers, bandit, ranker  # noqa: F401
+import services, retrievers, bandit, ranker, replay, logged  # noqa: F401
 print(f"setup: ok (numpy {numpy.__version__}, scipy {scipy.__version__}, torch {torch.__version__})")
 PY
 echo "$want" > "$stamp"

@@ -132,7 +132,7 @@ class ActivityRecorder:
 
     def series(self, minutes: int, *, bins: int = 60, now: float | None = None) -> dict:
         """The last `minutes` minutes (including the current one) in at most `bins` equal time bins,
-        plus totals over the whole window. Shape: see services.routes_ui.ActivitySeries."""
+        plus totals over the whole window. Shape: see services.serving.routes_ui.ActivitySeries."""
         minutes = max(1, min(int(minutes), MAX_MINUTES))
         now = time.time() if now is None else now
         last = minute_of(now)

@@ -13,15 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from services.cli_errors import CliError
 from services.config import Settings
 from services.logging_setup import setup_logging
 from services.redis_server import RedisJoinError
 
 log = logging.getLogger("ltrr.cli")
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -55,8 +52,8 @@ def _load_catalog(s: Settings, skip_bad_rows: bool = False):  # type: ignore[no-
 
 # --- commands ------------------------------------------------------------------------------
 def cmd_index_build(args: argparse.Namespace) -> None:
-    from services.build import ALL_INDEXES, build_indexes, format_rows
-    from services.runtime import connect_redis
+    from services.offline.build import ALL_INDEXES, build_indexes, format_rows
+    from services.serving.runtime import connect_redis
 
     s = _settings(args)
     only = tuple(args.only.split(",")) if args.only else ALL_INDEXES
@@ -77,7 +74,7 @@ def cmd_index_build(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from services.build import format_rows, train_coldstart, train_ranker_from_log, train_xr
+    from services.offline.build import format_rows, train_coldstart, train_ranker_from_log, train_xr
 
     s = _settings(args)
     if args.what == "xr":
@@ -92,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     else:  # cold start: ranker and bandit together (they share the retrieval runs)
-        from services.runtime import Runtime
+        from services.serving.runtime import Runtime
 
         rt = Runtime(s, start_worker=False)
         try:
@@ -113,7 +110,7 @@ def _print_table(rows: list[tuple], headers: tuple[str, ...]) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from services.api_models import SearchRequest
+    from services.serving.api_models import SearchRequest
 
     s = _settings(args)
     try:
@@ -121,7 +118,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     except Exception as exc:
         raise CliError(f"invalid query: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
     if args.retriever == "pipeline":
-        from services.runtime import Runtime
+        from services.serving.runtime import Runtime
 
         rt = Runtime(s, start_worker=False)
         try:
@@ -135,7 +132,7 @@ def cmd_search(args: argparse.Namespace) -> None:
             rt.close()
         return
     from services.catalog import Catalog
-    from services.runtime import connect_redis, load_retrievers
+    from services.serving.runtime import connect_redis, load_retrievers
 
     settings = s.model_copy(update={"retrievers": (args.retriever,)})
     client, server = connect_redis(settings) if args.retriever == "q2e" else (None, None)
@@ -165,8 +162,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if s.workers > 1:
         _serve_workers(s)
         return
-    from services.api import create_app
-    from services.runtime import Runtime
+    from services.serving.api import create_app
+    from services.serving.runtime import Runtime
 
     rt = Runtime(s)
     print(f"ltrr serving on http://{s.host}:{s.port}/  (web page: http://{s.host}:{s.port}/, "
@@ -203,7 +200,7 @@ def _serve_workers(s: Settings) -> None:
     print(f"ltrr serving on http://{s.host}:{s.port} with {s.workers} worker processes "
           f"(docs: http://{s.host}:{s.port}/docs)", flush=True)
     try:
-        uvicorn.run("services.api:app_from_env", factory=True, workers=s.workers, host=s.host, port=s.port,
+        uvicorn.run("services.serving.api:app_from_env", factory=True, workers=s.workers, host=s.host, port=s.port,
                     log_config=None, access_log=False)
     finally:
         if server:
@@ -213,14 +210,14 @@ def _serve_workers(s: Settings) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     import signal
 
-    from services.runtime import BanditStore, connect_redis
-    from services.worker import FeedbackWorker
+    from services.learning.worker import FeedbackWorker
+    from services.serving.runtime import BanditStore, connect_redis
 
     s = _settings(args)
     if not s.redis_url:
         raise CliError("`ltrr worker` joins a running service: set REDIS_URL (the embedded API runs its own worker)")
-    from services.build import q2e_store
     from services.keys import Keys
+    from services.offline.build import q2e_store
 
     client, _ = connect_redis(s)
     keys = Keys()
@@ -241,7 +238,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     """The README's first command: index what is missing, train what is missing, serve."""
-    from services.build import format_rows
+    from services.offline.build import format_rows
 
     s = _settings(args)
     have_lex = (s.index_dir / "lexical").exists()
@@ -255,15 +252,15 @@ def cmd_up(args: argparse.Namespace) -> None:
     if missing or args.rebuild:
         ns = argparse.Namespace(**{**vars(args), "only": ",".join(missing if not args.rebuild else []) or None})
         cmd_index_build(ns)
-    from services.runtime import Runtime
+    from services.serving.runtime import Runtime
 
     rt = Runtime(s, start_worker=False)
     try:
-        from services.build import build_indexes
+        from services.offline.build import build_indexes
 
         rows = build_indexes(s, rt.catalog, rt.redis, only=("q2e",), progress=not args.quiet)  # no-op when seeded
         if not ArtifactStore(s.models_dir / "ranker", "ranker").versions() or args.rebuild:
-            from services.build import train_coldstart
+            from services.offline.build import train_coldstart
 
             rows += train_coldstart(s, rt, n_queries=args.queries, progress=not args.quiet)
         print(format_rows(rows))
@@ -290,13 +287,13 @@ def cmd_catalog_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from services.simulate import main as simulate_main
+    from services.offline.simulate import main as simulate_main
 
     simulate_main(args, _settings(args))
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
-    from services.replay.cli import main as replay_main
+    from services.offline.replay_cli import main as replay_main
 
     replay_main(args)
 
@@ -372,23 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--skip-bad-rows", action="store_true")
     va.set_defaults(func=cmd_catalog_validate)
 
-    try:
-        from services.simulate import add_arguments as sim_args
+    # Imported here, not at the top: their modules pull in numpy/pandas, which `ltrr serve`'s
+    # start-up does not need. A broken import fails loudly.
+    from services.offline.replay_cli import add_arguments as replay_args
+    from services.offline.simulate import add_arguments as sim_args
 
-        sm = sub.add_parser("simulate", help="simulated users against the pipeline or the HTTP API")
-        common(sm)
-        sim_args(sm)
-        sm.set_defaults(func=cmd_simulate)
-    except ImportError:
-        pass
-    try:
-        from services.replay.cli import add_arguments as replay_args
-
-        rp = sub.add_parser("replay", help="off-policy evaluation of logged traffic")
-        replay_args(rp)
-        rp.set_defaults(func=cmd_replay)
-    except ImportError:
-        pass
+    sm = sub.add_parser("simulate", help="simulated users against the pipeline or the HTTP API")
+    common(sm)
+    sim_args(sm)
+    sm.set_defaults(func=cmd_simulate)
+    rp = sub.add_parser("replay", help="off-policy evaluation of logged traffic")
+    replay_args(rp)
+    rp.set_defaults(func=cmd_replay)
     return p
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from services.rewards import RewardConfig
+from logged.rewards import RewardConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RETRIEVERS = ("lexical", "dense", "xr", "q2e")
@@ -43,7 +43,7 @@ class Settings(BaseModel):
     shadow: bool = False  # run every retriever, serve the default policy, learn full-information
     default_arms: tuple[str, ...] = ("lexical", "dense")  # the fixed policy served in shadow mode / fallback
     # Each retriever's deadline is retriever_deadline_factor x its measured p95, at least the floor,
-    # at most retriever_timeout_ms (services.arm_budgets has the whole policy).
+    # at most retriever_timeout_ms (services.serving.arm_budgets has the whole policy).
     retriever_timeout_ms: float = Field(default=80.0, gt=0)
     retriever_deadline_factor: float = Field(default=3.0, gt=0)
     retriever_deadline_floor_ms: float = Field(default=20.0, ge=0)
@@ -65,7 +65,7 @@ class Settings(BaseModel):
     # Ranker training sees negatives: besides the served list, features of this many unserved
     # union candidates (sampled uniformly) are logged with each search.
     log_unserved: int = Field(default=20, ge=0, le=200)
-    # Automatic retraining in the learner process; every new model passes the gate (services.gate).
+    # Automatic retraining in the learner process; every new model passes the gate (services.learning.gate).
     retrain_ranker_every: int = Field(default=150, ge=0)  # labelled searches; 0 = never automatically
     retrain_xr_every: int = Field(default=300, ge=0)  # positive (query, track) pairs; 0 = never
     retrain_check_s: float = Field(default=5.0, gt=0)

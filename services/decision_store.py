@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import redis
 
+from logged.records import DecisionRecord
 from services.config import Settings
 from services.keys import Keys
-from services.records import DecisionRecord
 
 # KEYS: pending zset, decision, events list, updates stream, counts hash; ARGV: search id, payload, maxlen
 _LUA_REWARD = """

@@ -18,7 +18,7 @@ RETRIEVER_SECONDS = Histogram("ltrr_retriever_seconds", "latency per retriever",
 RETRIEVER_FAILURES = Counter("ltrr_retriever_failures_total", "retrievers dropped from a search",
                              ["retriever", "reason"])
 RETRIEVER_DEADLINE = Gauge("ltrr_retriever_deadline_seconds",
-                           "the deadline a search gives each retriever (services.arm_budgets)", ["retriever"],
+                           "the deadline a search gives each retriever (services.serving.arm_budgets)", ["retriever"],
                            multiprocess_mode="liveall")
 SEARCHES_DEGRADED = Counter("ltrr_searches_degraded_total",
                             "searches that lost at least one retriever to a timeout or an error")

@@ -68,10 +68,10 @@ def emb_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, emb_cache_dir: Path):
     """Settings for a data dir holding every index and cold-start model, built once per session
     with the real catalog, the real MiniLM model, real PECOS, VW and LightGBM."""
-    from services.build import build_indexes, train_coldstart
     from services.config import Settings
-    from services.runtime import Runtime
-    from services.suggest_service import build_model, save_model, suggest_store
+    from services.offline.build import build_indexes, train_coldstart
+    from services.serving.runtime import Runtime
+    from services.serving.suggest_service import build_model, save_model, suggest_store
 
     data_dir = tmp_path_factory.mktemp("ltrr-data")
     (data_dir / "embeddings").symlink_to(emb_cache_dir.resolve())
@@ -138,8 +138,8 @@ def keyed_service(built_settings, redis_server: RedisServer):
     configured. For tests that do not depend on Redis state left by other modules."""
     from fastapi.testclient import TestClient
 
-    from services.api import create_app
-    from services.runtime import Runtime
+    from services.serving.api import create_app
+    from services.serving.runtime import Runtime
 
     settings, _ = built_settings
     restore_built_state(built_settings, redis_server).close()

@@ -1,11 +1,11 @@
-"""The retriever timeout policy (services.arm_budgets) on its own: deadlines from measured latency,
+"""The retriever timeout policy (services.serving.arm_budgets) on its own: deadlines from measured latency,
 the cap before anything is measured, timeouts pushing a deadline up, the cheapest good arm."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.arm_budgets import ArmBudgets
+from services.serving.arm_budgets import ArmBudgets
 
 
 def test_the_cap_holds_until_an_arm_is_measured() -> None:

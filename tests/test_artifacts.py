@@ -27,7 +27,7 @@ from services.artifacts import DECISIONS, MANIFEST, SERVING, ArtifactError, Arti
 from services.config import Settings
 from services.keys import Keys
 from services.models import ModelHolder
-from services.runtime import BanditStore, ranker_holder, vw_config
+from services.serving.runtime import BanditStore, ranker_holder, vw_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "data" / "tracks.csv.gz"
@@ -357,7 +357,7 @@ from pathlib import Path
 from services.artifacts import ArtifactStore
 from services.catalog import Catalog
 from services.config import Settings
-from services.runtime import xr_holder
+from services.serving.runtime import xr_holder
 from retrievers.xr_linear import XRConfig, XRLinearRetriever
 
 data, catalog, phase = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

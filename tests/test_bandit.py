@@ -13,7 +13,7 @@ from bandit.actions import Action, action_features, enumerate_actions, render_ac
 from bandit.arm_stats import ArmStats
 from bandit.context import CONTEXT_FEATURES, build_context, render_shared
 from bandit.policy import CostModel, FixedPolicy, UniformRandomPolicy, VWConfig, VWPolicy
-from services.rewards import RewardConfig, subset_rewards, wanted_events
+from logged.rewards import RewardConfig, subset_rewards, wanted_events
 
 RETRIEVERS = ("lexical", "dense", "xr", "q2e")
 VOCAB = {f"w{i}" for i in range(200)}

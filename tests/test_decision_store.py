@@ -9,8 +9,8 @@ import time
 
 from fastapi.testclient import TestClient
 
-from services.api import create_app
-from services.runtime import Runtime
+from services.serving.api import create_app
+from services.serving.runtime import Runtime
 from tests.test_feedback import drain, make_worker
 
 

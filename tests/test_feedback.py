@@ -16,13 +16,13 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from services.api import create_app
 from services.decision_store import DecisionStore, served_value
-from services.feedback import FeedbackEventIn, FeedbackIngest
 from services.keys import Keys
+from services.learning.worker import FeedbackWorker
 from services.redis_server import RedisServer
-from services.runtime import Runtime
-from services.worker import FeedbackWorker
+from services.serving.api import create_app
+from services.serving.feedback import FeedbackEventIn, FeedbackIngest
+from services.serving.runtime import Runtime
 
 TYPES = ["click", "play", "like", "add_to_favorites", "skip"]
 QUERIES = ["shape of you", "taylor swift", "sad love songs", "gym rap", "latin summer", "bad guy", "chill acoustic",
@@ -41,7 +41,7 @@ def service(built_settings, fresh_redis_state):
 def make_worker(rt: Runtime, consumer: str = "test-worker") -> FeedbackWorker:
     w = FeedbackWorker(rt.settings, rt.redis, rt.keys, q2e_store=rt.q2e_store, catalog=rt.catalog,
                        bandit_store=rt.bandit_store, consumer=consumer)
-    from services.worker import BanditLearner
+    from services.learning.worker import BanditLearner
 
     w.learner = BanditLearner(rt.settings, rt.redis, rt.keys, rt.bandit_store, w.training_log)
     return w
@@ -248,7 +248,7 @@ def test_bandit_learns_from_clicks_that_one_retriever_alone_finds(built_settings
     # Start from an untrained policy of this test's configuration: the cold-start model was
     # trained with the service default (SquareCB) and would make "before" depend on it.
     from bandit.policy import VWPolicy
-    from services.runtime import vw_config
+    from services.serving.runtime import vw_config
 
     rt.bandit_store.publish(VWPolicy(vw_config(cfg)), "0-0")
     assert rt.policy.refresh()

@@ -1,4 +1,4 @@
-"""The promotion gate's decisions on known ground truth (services.gate), with real LightGBM models."""
+"""The promotion gate's decisions on known ground truth (services.learning.gate), with real LightGBM models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from ranker import model as ranker_model
 from ranker.features import DEFAULT_REGISTRY
 from ranker.model import RankData
-from services.gate import BanditGate, RankerGate, XRGate, mean_ndcg, ndcg_at
+from services.learning.gate import BanditGate, RankerGate, XRGate, mean_ndcg, ndcg_at
 
 
 def _groups(n: int, seed: int) -> RankData:
@@ -67,12 +67,12 @@ def test_bandit_gate_promotes_the_same_policy_and_refuses_a_clearly_worse_one() 
 def test_the_bandit_pauses_when_no_search_gets_any_feedback(tmp_path, redis_client) -> None:
     """A feedback outage must not teach the bandit that every action earns 0 (which would leave only
     the latency cost and walk it to the cheapest arm); one event resumes learning."""
+    from logged.records import ActionRecord, FeedbackEvent, JoinedRecord
     from services.config import Settings
     from services.jsonl_log import JsonlWriter
     from services.keys import Keys
-    from services.records import ActionRecord, FeedbackEvent, JoinedRecord
-    from services.runtime import BanditStore
-    from services.worker import BanditLearner
+    from services.learning.worker import BanditLearner
+    from services.serving.runtime import BanditStore
 
     settings = Settings(data_dir=tmp_path, bandit_silence_window=20)
     store = BanditStore(settings, redis_client, Keys())

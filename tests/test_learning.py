@@ -20,11 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ranker import model as ranker_model
-from services.api import create_app
 from services.artifacts import read_decisions
-from services.runtime import Runtime
-from services.trainer import ModelTrainer
-from services.worker import BanditLearner, FeedbackWorker
+from services.learning.trainer import ModelTrainer
+from services.learning.worker import BanditLearner, FeedbackWorker
+from services.serving.api import create_app
+from services.serving.runtime import Runtime
 
 QUERIES = ["taylor swift", "sad love songs", "gym rap", "latin summer", "chill acoustic", "queen", "rock classics",
            "edm festival", "80s pop", "study beats", "ed sheeran", "drake", "country roads", "jazz night",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.artifacts import ArtifactStore
-from services.runtime import Runtime
+from services.serving.runtime import Runtime
 
 
 @pytest.fixture()

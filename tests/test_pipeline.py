@@ -11,12 +11,12 @@ import pytest
 
 from bandit.actions import Action
 from bandit.policy import FixedPolicy
+from logged.records import DecisionRecord
 from retrievers.base import Candidate
-from services.arm_budgets import ArmBudgets
 from services.decision_store import parse_served
-from services.pipeline import SearchPipeline
-from services.records import DecisionRecord
-from services.runtime import Runtime
+from services.serving.arm_budgets import ArmBudgets
+from services.serving.pipeline import SearchPipeline
+from services.serving.runtime import Runtime
 
 # Real catalog tracks: exact "artist title" queries must put the track first.
 EXACT = [
@@ -114,7 +114,7 @@ def _metric(name: str) -> float:
 
 
 def test_a_retriever_gets_a_deadline_from_its_own_latency(runtime: Runtime) -> None:
-    """The explicit timeout policy (services.arm_budgets): an arm measured fast is cut at its own
+    """The explicit timeout policy (services.serving.arm_budgets): an arm measured fast is cut at its own
     deadline, not the global cap, and the search says so (failed, deadlines, counters)."""
     pipe = runtime.pipeline
     real, budgets = pipe.p.retrievers["dense"], pipe.budgets

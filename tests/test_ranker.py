@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from logged.records import FeedbackEvent, JoinedRecord
 from ranker import labels, selfsupervised
 from ranker.features import (
     DEFAULT_REGISTRY,
@@ -20,7 +21,6 @@ from ranker.features import (
     featurize,
 )
 from ranker.model import ModelLoadError, RankData, load, train
-from services.records import FeedbackEvent, JoinedRecord
 
 R = DEFAULT_REGISTRY
 

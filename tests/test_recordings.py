@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.catalog import Catalog
-from services.recordings import base_title, collapse, primary_artist, recording_key
+from services.serving.recordings import base_title, collapse, primary_artist, recording_key
 
 
 def _rows(catalog: Catalog, title_start: str) -> list:

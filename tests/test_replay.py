@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.records import ActionRecord, FeedbackEvent, JoinedRecord
-from services.replay.estimators import (
+from logged.records import ActionRecord, FeedbackEvent, JoinedRecord
+from replay.estimators import (
     DirectMethod,
     DoublyRobust,
     FullFeedback,
@@ -19,7 +19,7 @@ from services.replay.estimators import (
     SelfNormalizedIPS,
     weight_diagnostics,
 )
-from services.replay.evaluate import (
+from replay.evaluate import (
     FixedSubsetPolicy,
     LoggingPolicy,
     UniformPolicy,
@@ -29,7 +29,7 @@ from services.replay.evaluate import (
     policy_action_dist,
     ranker_metrics,
 )
-from services.replay.logs import (
+from replay.logs import (
     BanditLog,
     LogFormatError,
     LogRow,
@@ -38,8 +38,8 @@ from services.replay.logs import (
     read_log,
     write_generic_log,
 )
-from services.replay.report import write_report
-from services.replay.reward_models import BucketMeanRewardModel, RegressionRewardModel, cross_fit_predict
+from replay.report import write_report
+from replay.reward_models import BucketMeanRewardModel, RegressionRewardModel, cross_fit_predict
 
 INTENTS = ["entity", "topic", "repeat"]
 KEYS = ["lexical@50", "dense@50", "lexical+dense@50", "q2e@50", "lexical+dense+xr@50"]

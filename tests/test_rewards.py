@@ -1,4 +1,4 @@
-"""The one reward definition (services.rewards): what the worker, the cold start, the simulator and
+"""The one reward definition (logged.rewards): what the worker, the cold start, the simulator and
 replay all score a search with."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bandit.actions import Action
-from services.records import FeedbackEvent
-from services.rewards import RewardConfig, action_reward, aggregate, subset_rewards, wanted_events
+from logged.records import FeedbackEvent
+from logged.rewards import RewardConfig, action_reward, aggregate, subset_rewards, wanted_events
 
 
 @dataclass

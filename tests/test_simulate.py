@@ -13,7 +13,7 @@ from retrievers.text import normalize, strip_version
 from services.artifacts import ArtifactStore
 from services.catalog import Catalog
 from services.cli import main as cli_main
-from services.simulate import (
+from services.offline.simulate import (
     SPEARFISH_INTENTS,
     TOPIC_INTENTS,
     SimConfig,
@@ -118,7 +118,7 @@ def test_click_model_prefers_relevant_results(sim: TrafficSimulator, catalog: Ca
 
 
 def test_retrieval_reward() -> None:
-    from services.simulate import SimQuery
+    from services.offline.simulate import SimQuery
 
     spear = SimQuery(0, "x", "title", "sim-u00000", ("a",), frozenset({"a", "b"}))
     assert retrieval_reward(spear, {"b", "c"}) == 0.0 and retrieval_reward(spear, {"a"}) == 1.0
@@ -135,7 +135,7 @@ def simulated(built_settings, tmp_path_factory: pytest.TempPathFactory):  # type
     step results, the per-step log and a directory holding only this run's joined records."""
     import redis
 
-    from services.simulate import run
+    from services.offline.simulate import run
 
     settings, snapshot = built_settings
     client = redis.Redis.from_url(settings.redis_url)

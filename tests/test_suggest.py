@@ -16,12 +16,12 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from retrievers.text import normalize
-from services.api import _error, _loc
 from services.catalog import Catalog
 from services.config import Settings
 from services.keys import Keys
-from services.routes_suggest import suggest_router
-from services.suggest_service import (
+from services.serving.api import _error, _loc
+from services.serving.routes_suggest import suggest_router
+from services.serving.suggest_service import (
     SuggestService,
     build_model,
     load_suggest,
@@ -46,7 +46,7 @@ def make_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # The project's handler (services/api.py create_app), built from the same helpers.
+        # The project's handler (services/serving/api.py create_app), built from the same helpers.
         details = [{"field": _loc(tuple(e["loc"])), "message": e["msg"].removeprefix("Value error, ")}
                    for e in exc.errors()]
         return _error(422, "validation_error", "; ".join(f"{d['field']}: {d['message']}" for d in details), details)

@@ -206,8 +206,8 @@ def _data_dir(built: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ui(built_settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    from services.api import create_app
-    from services.runtime import Runtime
+    from services.serving.api import create_app
+    from services.serving.runtime import Runtime
 
     settings, _ = built_settings
     base = tmp_path_factory.mktemp("ui")
@@ -268,7 +268,7 @@ def _post(ui: dict, path: str, body: dict) -> dict:
 def _record_if_pipeline_does_not(ui: dict, search: dict, reward: float | None, lag_s: float | None) -> None:
     """Records the search in the ActivityRecorder from what it logged, unless the runtime's
     pipeline does so itself (pipeline.activity). The reward is always recorded here: the bandit
-    learner in services/worker.py records rewards, but no worker runs in this module (and it
+    learner in services/learning/worker.py records rewards, but no worker runs in this module (and it
     would only finalize a search when its join window closes)."""
     client = _client(ui)
     rec = ActivityRecorder(client)
@@ -299,7 +299,7 @@ def _traffic(ui: dict, queries: list[str]) -> None:
 
 # --- tests ----------------------------------------------------------------------------------------
 def test_static_files_and_headers(ui):
-    """The page and its assets are served from the package (services/ui/), with a CSP that keeps
+    """The page and its assets are served from the package (services/serving/ui/), with a CSP that keeps
     the typed key on this origin; anything else under /ui is a 404 in the API's error shape."""
     base = ui["server"].url
     with urllib.request.urlopen(base + "/") as r:
@@ -395,9 +395,9 @@ def test_search_suggest_play_reaches_the_stream_and_the_learning_view(ui):
 def test_learning_view_shows_model_decisions_and_the_newest_replay_report(ui):
     import numpy as np
 
+    from replay.evaluate import PolicyResult
+    from replay.report import write_report
     from services.artifacts import append_decision
-    from services.replay.evaluate import PolicyResult
-    from services.replay.report import write_report
 
     rt, b = ui["rt"], ui["browser"]
     models_dir = rt.settings.models_dir

@@ -1,0 +1,174 @@
+"""`/feedback` ingestion: validate against the logged search, then append to a Redis Stream.
+
+The 202 is only returned after XADD succeeded (Redis runs with AOF), so an acknowledged event is
+durable; the worker applies it later, idempotently by event_id. A batch is all-or-nothing: if any
+event is invalid, nothing is written and every bad event is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from logged.records import EventType, FeedbackEvent
+from services.decision_store import DecisionStore, Served
+from services.keys import Keys
+from services.serving.api_models import JsonInt
+
+MAX_CLOCK_SKEW_S = 300.0
+MAX_FEEDBACK_BATCH = 1000  # events per request: the schema, the parser and the docs say the same
+
+
+class FeedbackEventIn(BaseModel):
+    """What clients send. `event_id` is the client's idempotency key (a UUID is generated if
+    absent); `timestamp` is unix seconds or ISO-8601 and defaults to receipt time."""
+
+    event_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")
+    search_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    track_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    type: EventType
+    position: JsonInt = Field(ge=1, le=1000)
+    timestamp: float | None = None
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    session_id: str | None = Field(default=None, min_length=1, max_length=128)
+    dwell_ms: JsonInt | None = Field(default=None, ge=0, le=86_400_000)
+
+    # strict: a JSON `true` is not position 1 and "3" is not 3; only timestamp converts (ISO-8601).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _ts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from datetime import datetime
+
+            try:
+                return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise ValueError("timestamp must be unix seconds or ISO-8601") from None
+        return v
+
+
+class FeedbackBatchIn(BaseModel):
+    events: list[FeedbackEventIn] = Field(min_length=1, max_length=MAX_FEEDBACK_BATCH)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+@dataclass
+class EventError:
+    index: int
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+@dataclass
+class IngestResult:
+    accepted: list[str] = field(default_factory=list)
+    errors: list[EventError] = field(default_factory=list)
+
+
+class FeedbackIngest:
+    def __init__(self, client: redis.Redis, keys: Keys, decisions: DecisionStore, *, stream_maxlen: int = 5_000_000):
+        self.r = client
+        self.keys = keys
+        self.decisions = decisions
+        self.stream_maxlen = stream_maxlen
+
+    def validate(self, events: list[FeedbackEventIn], *, now: float | None = None,
+                 indices: list[int] | None = None) -> tuple[list[FeedbackEvent], list[EventError]]:
+        """Checks events against their logged searches (one pipelined round trip). `indices` are
+        the events' positions in the client's batch, for error reports."""
+        now = time.time() if now is None else now
+        indices = indices if indices is not None else list(range(len(events)))
+        served = self.decisions.served(e.search_id for e in events)
+        ready: list[FeedbackEvent] = []
+        errors: list[EventError] = []
+        for i, e in zip(indices, events, strict=True):
+            err = self._check(e, served, now)
+            if err:
+                errors.append(EventError(i, *err))
+                continue
+            ready.append(FeedbackEvent(
+                event_id=e.event_id or uuid.uuid4().hex, search_id=e.search_id, track_id=e.track_id,
+                type=e.type, position=e.position, timestamp=e.timestamp if e.timestamp is not None else now,
+                user_id=e.user_id, session_id=e.session_id, dwell_ms=e.dwell_ms))
+        return ready, errors
+
+    def write(self, ready: list[FeedbackEvent]) -> list[str]:
+        """Appends the events and returns their ids. An event_id repeated within the batch is
+        written (and counted) once, the first occurrence winning, as a retry would be applied."""
+        unique: dict[str, FeedbackEvent] = {}
+        for ev in ready:
+            unique.setdefault(ev.event_id, ev)
+        ready = list(unique.values())
+        # One MULTI/EXEC: either every event of the batch is in the stream or none is.
+        pipe = self.r.pipeline(transaction=True)
+        for ev in ready:
+            pipe.xadd(self.keys.feedback_stream, {"e": ev.model_dump_json()}, maxlen=self.stream_maxlen,
+                      approximate=True)
+        pipe.execute()
+        return [ev.event_id for ev in ready]
+
+    def ingest(self, events: list[FeedbackEventIn], *, now: float | None = None) -> IngestResult:
+        """Validates every event, then writes all of them or none. Raises redis errors upward
+        (the API turns them into 503): an event is never acknowledged without the XADD."""
+        ready, errors = self.validate(events, now=now)
+        if errors:
+            return IngestResult(errors=errors)
+        return IngestResult(accepted=self.write(ready))
+
+    def _check(self, e: FeedbackEventIn, served: dict[str, Served], now: float) -> tuple[str, str] | None:
+        if e.search_id not in served:
+            return "search_id", f"unknown or expired search_id '{e.search_id}' (feedback is accepted for " \
+                                f"{self.decisions.feedback_window_s} s after a search)"
+        search_ts, ids = served[e.search_id].ts, served[e.search_id].ids
+        if e.track_id not in ids:
+            return "track_id", f"track_id '{e.track_id}' was not returned by search '{e.search_id}'"
+        if ids.index(e.track_id) + 1 != e.position:
+            return "position", f"track_id '{e.track_id}' was served at position {ids.index(e.track_id) + 1}, " \
+                               f"not {e.position}"
+        if e.timestamp is not None and not (search_ts - MAX_CLOCK_SKEW_S <= e.timestamp <= now + MAX_CLOCK_SKEW_S):
+            return "timestamp", "timestamp must lie between the search time and now (±5 min clock skew)"
+        return None
+
+
+def parse_feedback_body(body: Any) -> tuple[list[tuple[int, FeedbackEventIn]] | None, list[dict[str, object]]]:
+    """Accepts one event or {"events": [...]}. Returns (index, event) for every schema-valid event
+    and an error per invalid field; None instead of the list when the body itself is unusable."""
+    if isinstance(body, dict) and "events" in body:
+        raw = body.get("events")
+        if not isinstance(raw, list):
+            return None, [{"index": None, "field": "events", "message": "events must be a list"}]
+        if not 1 <= len(raw) <= MAX_FEEDBACK_BATCH:
+            return None, [{"index": None, "field": "events",
+                           "message": f"a batch holds 1 to {MAX_FEEDBACK_BATCH} events"}]
+        extra = set(body) - {"events"}
+        if extra:
+            return None, [{"index": None, "field": sorted(extra)[0], "message": "unexpected field"}]
+    elif isinstance(body, dict):
+        raw = [body]
+    else:
+        return None, [{"index": None, "field": "body", "message": "expected an event object or {\"events\": [...]}"}]
+    events: list[tuple[int, FeedbackEventIn]] = []
+    errors: list[dict[str, object]] = []
+    for i, item in enumerate(raw):
+        try:
+            events.append((i, FeedbackEventIn.model_validate(item)))
+        except ValidationError as exc:
+            for err in exc.errors():
+                errors.append({"index": i, "field": ".".join(str(p) for p in err["loc"]) or "event",
+                               "message": err["msg"]})
+    return events, errors
+
+
+def decode_event(fields: dict[bytes, bytes]) -> FeedbackEvent:
+    return FeedbackEvent.model_validate(json.loads(fields[b"e"]))

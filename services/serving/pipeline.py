@@ -1,0 +1,468 @@
+"""One search, end to end: context -> bandit action -> chosen retrievers in parallel -> union ->
+LightGBM ranking -> decision record. The only module that knows all the parts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import redis
+
+from bandit.actions import Action, enumerate_actions
+from bandit.context import build_context
+from bandit.policy import Decision, FixedPolicy
+from logged.records import ActionRecord, DecisionRecord
+from ranker.features import CandidateInput, FeatureRegistry, QueryInput, TrackFeatureCache
+from retrievers.base import Candidate, Retriever
+from retrievers.text import normalize
+from services import metrics
+from services.catalog import Catalog, vocabulary
+from services.config import Settings
+from services.decision_store import DecisionStore
+from services.jsonl_log import JsonlWriter
+from services.keys import Keys
+from services.models import ModelHolder
+from services.serving.arm_budgets import ArmBudgets
+from services.serving.recordings import collapse, recording_key
+
+log = logging.getLogger(__name__)
+MEMORY_CANDIDATES = 50  # remembered tracks added to the ranked union, at most
+
+
+class SearchActivity(Protocol):
+    """Per-minute counters for the web page's learning view (services.activity.ActivityRecorder),
+    written in the same Redis round trip as the decision."""
+
+    def record_search(self, pipe: redis.client.Pipeline, action_key: str, explored: bool,
+                      timings_ms: Mapping[str, float], ts: float) -> None: ...
+
+
+@dataclass
+class SearchOutcome:
+    record: DecisionRecord
+    scores: list[float]
+    found_by: dict[str, list[str]]  # track id -> retriever names
+    timings_ms: dict[str, float]
+    decision: Decision
+    features: np.ndarray | None = None
+    context: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, list[str]] = field(default_factory=dict)  # served id -> other versions of its recording
+    deadlines_ms: dict[str, float] = field(default_factory=dict)  # how long each run retriever was given
+
+
+@dataclass
+class Components:
+    """What a pipeline is assembled from (built by services.serving.runtime from artifacts on disk)."""
+
+    catalog: Catalog
+    retrievers: dict[str, Retriever]
+    policy: ModelHolder  # current bandit policy (hot-reloadable)
+    ranker: ModelHolder  # current LightGBM model, or None -> reciprocal-rank fusion fallback
+    q2e_store: Any | None = None  # retrievers.q2e store: stats() for context, scores for features
+    dense: Any | None = None  # retrievers.dense.DenseRetriever: query vector + cosine for candidates
+
+
+class SearchPipeline:
+    def __init__(self, settings: Settings, parts: Components, client: redis.Redis | None, keys: Keys,
+                 decision_log: JsonlWriter | None, activity: SearchActivity | None = None):
+        self.s = settings
+        self.p = parts
+        self.redis = client
+        self.keys = keys
+        self.decision_log = decision_log
+        self.decisions = DecisionStore.from_settings(client, keys, settings) if client is not None else None
+        names = [n for n in settings.retrievers if n in parts.retrievers]
+        self.actions: list[Action] = enumerate_actions(names, settings.max_arms, settings.budgets,
+                                                       include_all=settings.include_all_action)
+        self.action_records = [ActionRecord(arms=a.arms, budget=a.budget) for a in self.actions]
+        self.registry = FeatureRegistry(tuple(settings.retrievers))
+        self.track_cache = TrackFeatureCache()
+        # Normalize and tokenize every track once at start-up, not per search: with 300 candidates
+        # per query, per-candidate text work would dominate the ranking stage.
+        self.static = {t.track_id: _static_fields(t) for t in parts.catalog.tracks}
+        self.track_cache.warm(self._candidate_input(t.track_id) for t in parts.catalog.tracks)
+        self.vocab = vocabulary(parts.catalog)
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="retriever")
+        self.default_policy = FixedPolicy([a for a in settings.default_arms if a in names] or names[:1])
+        self.fallback_arm = "lexical" if "lexical" in names else names[0]
+        self.budgets = ArmBudgets(settings.retriever_timeout_ms, factor=settings.retriever_deadline_factor,
+                                  floor_ms=settings.retriever_deadline_floor_ms)
+        self._last_timeout_log: dict[str, float] = {}
+        self.activity = activity
+        self._rng = random.Random(0)
+        self.recording_of = {t.track_id: recording_key(t.title, t.artist) for t in parts.catalog.tracks}
+        self.popularity_of = {t.track_id: t.popularity / 100.0 for t in parts.catalog.tracks}
+
+    # ---------------------------------------------------------------------------------------
+    def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
+               locale: str | None = None, device: str | None = None, ts: float | None = None,
+               analytics: bool = True, collapse_versions: bool = True) -> SearchOutcome:
+        """One search. `analytics=False` (monitoring probes, evaluations) serves the same results
+        but logs nothing: the search cannot receive feedback and teaches no model.
+        `collapse_versions` serves one hit per recording (the best-ranked version; the others are
+        listed in `SearchOutcome.versions`)."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        now = time.time()
+        ts = ts if ts is not None else now
+        qnorm = normalize(query)
+        search_id = uuid.uuid4().hex
+
+        affinity, context = self.context(query, qnorm, user_id=user_id, ts=ts, locale=locale, device=device)
+        remembered, memory = self._memory(qnorm, now)
+        timings["context"] = _ms(t0)
+
+        t = time.perf_counter()
+        policy = self.p.policy.current()
+        if self.s.shadow:
+            # Users see the default policy's result; every retriever runs so the bandit can learn
+            # the reward of every subset (full information) without changing what is served.
+            decision = self.default_policy.decide(context, self.actions)
+            run_arms = tuple(self.p.retrievers)
+            budget = max(a.budget for a in self.actions)
+        else:
+            decision = policy.decide(context, self.actions)
+            run_arms, budget = decision.action.arms, decision.action.budget
+        timings["bandit"] = _ms(t)
+        metrics.ARM_CHOICES.labels(action=decision.action.key).inc()
+
+        t = time.perf_counter()
+        results, failed, per_ms, deadlines = self._retrieve(query, run_arms, budget)
+        served_arms = decision.action.arms
+        fallback = self.budgets.cheapest_good(self.p.retrievers, self.fallback_arm)
+        if not any(results.get(a) for a in served_arms) and fallback not in run_arms:
+            # Every chosen retriever failed, timed out or found nothing (Q2E has no memory of a new
+            # query, XR knows none of its n-grams): answer from the cheapest good arm rather than
+            # with nothing (services.serving.arm_budgets). Its candidates are logged under its own name and
+            # the bandit is rewarded only for items its chosen arms found, so the empty choice
+            # earns 0 and is learned as such.
+            more, more_failed, more_ms, more_deadlines = self._retrieve(query, (fallback,), budget)
+            results.update(more)
+            failed += more_failed
+            per_ms.update(more_ms)
+            deadlines.update(more_deadlines)
+            served_arms = (*served_arms, fallback)
+        if failed:
+            metrics.SEARCHES_DEGRADED.inc()
+        timings["retrieve"] = _ms(t)
+
+        t = time.perf_counter()
+        union = _union({a: results[a] for a in served_arms if a in results})
+        arms_of = dict(union)
+        for tid in remembered:
+            arms_of.setdefault(tid, set()).add("memory")
+        union_ids = [tid for tid, _ in union]
+        # Remembered tracks are ranked even when the chosen retrievers missed them.
+        head = set(union_ids[: self.s.rerank_depth])
+        union_ids += [tid for tid in remembered if tid not in head]
+        ids, feats = self.featurize(qnorm, query, union_ids, results, affinity, served_arms,
+                                    keep=set(remembered))
+        scores, order = self.score(feats, ids, results, served_arms)
+        order = _pin(order, ids, memory)
+        versions: dict[str, list[str]] = {}
+        if collapse_versions:
+            # The catalog has one row per release: a page shows each recording once, at the rank of
+            # its best-ranked version (the order given, pins included).
+            groups = collapse([ids[i] for i in order], [-float(r) for r in range(len(order))],
+                              self.recording_of.__getitem__, self.popularity_of.__getitem__)
+            pos = {tid: i for i, tid in enumerate(ids)}
+            versions = {rep: others for rep, others in groups[:limit] if others}
+            order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
+        timings["rank"] = _ms(t)
+        t = time.perf_counter()
+        top = order[:limit]
+        served = [ids[i] for i in top]
+        pinned = [tid for tid in served[: len(memory)] if tid in memory]
+        if pinned:
+            metrics.MEMORY_PINS.inc(len(pinned))
+        found_by = {tid: sorted(arms_of[tid]) for tid in served}
+        # Features of a uniform sample of the unserved candidates too: the ranker's retraining
+        # needs negatives that serving ranked low, not only the ten it showed.
+        rest = order[limit:]
+        sampled = sorted(self._rng.sample(rest, min(self.s.log_unserved, len(rest)))) if analytics else []
+
+        feature_rows = feats[top] if feats is not None else None
+        record = DecisionRecord(
+            search_id=search_id, ts=ts, query=query, query_norm=qnorm, user_id=user_id, session_id=session_id,
+            locale=locale, device=device, context=context,
+            policy=(f"shadow({policy_name(policy)})" if self.s.shadow else policy_name(policy)),
+            bandit_version=getattr(policy, "version", None), ranker_version=self.p.ranker.version,
+            actions=self.action_records, probabilities=[float(p) for p in decision.probabilities],
+            chosen=decision.chosen, propensity=float(decision.propensity), shadow=self.s.shadow,
+            candidates={a: [c.track_id for c in results[a]] for a in results}, failed=failed,
+            retriever_ms=per_ms, served=served, feature_names=self.registry.names,
+            features=_rows(feature_rows) if feature_rows is not None else [], memory=pinned,
+            sampled=[ids[i] for i in sampled], sampled_features=_rows(feats[sampled]) if sampled else [],
+        )
+        timings["record"] = _ms(t)
+        t = time.perf_counter()
+        if analytics:
+            self._log_decision(record, now, timings)
+        timings["log"] = _ms(t)
+        timings["total"] = _ms(t0)
+        for stage, ms in timings.items():
+            metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
+        return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
+                             timings_ms=timings, decision=decision, features=feature_rows, context=context,
+                             versions=versions, deadlines_ms=deadlines)
+
+    def warm_up(self) -> None:
+        """First calls pay for lazy loading (ONNX session, tantivy searcher, Lua scripts): make
+        them here so the first user search does not time out its retrievers."""
+        for name, r in self.p.retrievers.items():
+            try:
+                r.retrieve("warm up query", 10)
+            except Exception as exc:
+                log.warning("warm-up of %s failed: %r", name, exc)
+
+    # ---------------------------------------------------------------------------------------
+    def context(self, query: str, qnorm: str, *, user_id: str | None = None, ts: float | None = None,
+                locale: str | None = None, device: str | None = None) -> tuple[dict[str, float] | None, dict]:
+        """(user genre affinity, bandit context features): the same code for serving and training."""
+        affinity, q2e_evidence = self._lookup_state(qnorm, user_id)
+        ctx = build_context(
+            query, tokens=qnorm.split(), vocabulary=self.vocab["all"], artist_words=self.vocab["artist"],
+            title_words=self.vocab["title"], genre_words=self.vocab["genre"], q2e_hit=q2e_evidence is not None,
+            q2e_evidence=q2e_evidence or 0.0, ts=ts, affinity=affinity, locale=locale, device=device)
+        return affinity, ctx
+
+    def _lookup_state(self, qnorm: str, user_id: str | None) -> tuple[dict[str, float] | None, float | None]:
+        """User genre affinity and Q2E evidence for the bandit's context. Redis being down costs
+        these features, never the search."""
+        affinity = None
+        evidence = None
+        try:
+            if user_id and self.redis is not None:
+                raw = self.redis.hgetall(self.keys.user_genres(user_id))
+                affinity = {k.decode(): float(v) for k, v in raw.items()} or None
+            if self.p.q2e_store is not None:
+                stats = self.p.q2e_store.stats(qnorm)
+                evidence = _evidence(stats)
+        except (redis.RedisError, OSError) as exc:
+            metrics.ERRORS.labels(kind="redis_context").inc()
+            log.warning("context lookup failed (%s); searching without user/Q2E context", exc)
+        return affinity, evidence
+
+    def _memory(self, qnorm: str, now: float) -> tuple[list[str], list[str]]:
+        """What the click memory knows of this exact query: (every track with more positive events
+        than skips — always ranked, even when the chosen retrievers missed it; the ones it is sure
+        of (Settings.memory_*), best first — served in the top slots). The bandit decides what to
+        retrieve, not whether what users keep playing is shown."""
+        store = self.p.q2e_store
+        if store is None or self.s.memory_slots == 0:
+            return [], []
+        try:
+            learned = store.learned(qnorm, now=now)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("click memory lookup failed: %r", exc)
+            return [], []
+        s = self.s
+        known = [m for m in learned if m.positives > m.skips and m.track_id in self.p.catalog.by_id][:MEMORY_CANDIDATES]
+        pins = [m.track_id for m in known
+                if m.positives >= s.memory_min_positive and m.posterior >= s.memory_min_posterior][: s.memory_slots]
+        return [m.track_id for m in known], pins
+
+    def _retrieve(self, query: str, arms: tuple[str, ...], budget: int
+                  ) -> tuple[dict[str, list[Candidate]], list[str], dict[str, float], dict[str, float]]:
+        """Runs `arms` in parallel, each with its own deadline (services.serving.arm_budgets): (candidates
+        of the arms that answered in time, arms dropped, ms per arm, deadline ms per arm)."""
+        started = time.perf_counter()
+        futures = {a: self.pool.submit(self._timed, self.p.retrievers[a], query, budget)
+                   for a in arms if a in self.p.retrievers}
+        deadlines = {a: self.budgets.deadline_ms(a) for a in futures}
+        results: dict[str, list[Candidate]] = {}
+        failed: list[str] = []
+        per_ms: dict[str, float] = {}
+        # Earliest deadline first: a failing arm drops only itself, a hanging one costs only its
+        # own deadline, and an arm done before its turn is taken as it is.
+        for arm in sorted(futures, key=deadlines.__getitem__):
+            remaining = deadlines[arm] / 1000.0 - (time.perf_counter() - started)
+            try:
+                cands, ms = futures[arm].result(timeout=max(0.0, remaining))
+            except FutureTimeout:
+                failed.append(arm)
+                per_ms[arm] = (time.perf_counter() - started) * 1000
+                self.budgets.observe(arm, per_ms[arm], found=False)
+                metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="timeout").inc()
+                self._log_timeout(arm, deadlines[arm])
+                continue
+            except Exception as exc:
+                failed.append(arm)
+                metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="error").inc()
+                log.error("retriever %s failed: %r; dropped from the union", arm, exc)
+                continue
+            results[arm] = cands
+            per_ms[arm] = ms
+            self.budgets.observe(arm, ms, found=bool(cands))
+            metrics.RETRIEVER_SECONDS.labels(retriever=arm).observe(ms / 1000.0)
+        for arm, ms in deadlines.items():
+            metrics.RETRIEVER_DEADLINE.labels(retriever=arm).set(ms / 1000.0)
+        return results, failed, per_ms, deadlines
+
+    def _log_timeout(self, arm: str, deadline_ms: float) -> None:
+        """One line per arm per 10 s: under overload every search could time out, and the
+        counters (not the log) carry the rate."""
+        now = time.monotonic()
+        if now - self._last_timeout_log.get(arm, -1e9) >= 10.0:
+            self._last_timeout_log[arm] = now
+            log.warning("retriever %s missed its %.0f ms deadline; dropped from the union "
+                        "(ltrr_retriever_failures_total counts every one)", arm, deadline_ms)
+
+    @staticmethod
+    def _timed(retriever: Retriever, query: str, k: int) -> tuple[list[Candidate], float]:
+        t = time.perf_counter()
+        out = retriever.retrieve(query, k)
+        return out, (time.perf_counter() - t) * 1000
+
+    def featurize(self, qnorm: str, query: str, union_ids: list[str], results: dict[str, list[Candidate]],
+                  affinity: dict[str, float] | None, served_arms: tuple[str, ...],
+                  keep: set[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """Ranker feature rows for the union (its first rerank_depth, plus the ids in `keep`), in
+        registry order; only served arms' scores count, so training (which calls this too) sees
+        what serving sees. Ids unknown to the catalog are dropped (e.g. a model trained on an
+        older catalog)."""
+        depth = self.s.rerank_depth
+        ids = [tid for i, tid in enumerate(union_ids) if (i < depth or (keep and tid in keep))
+               and tid in self.p.catalog.by_id]
+        if not ids:
+            return [], np.zeros((0, self.registry.dim), dtype=np.float32)
+        by_arm: dict[str, dict[str, tuple[float, int]]] = {
+            a: {c.track_id: (c.score, c.rank) for c in cands} for a, cands in results.items() if a in served_arms}
+        dense_cos = self._dense_cosines(query, ids) if "dense" in by_arm else None
+        q2e_scores = self._q2e_scores(qnorm, ids)
+        cands = []
+        for i, tid in enumerate(ids):
+            q2e = by_arm.get("q2e", {}).get(tid)
+            cands.append(self._candidate_input(
+                tid, retriever_scores={a: sc[tid] for a, sc in by_arm.items() if tid in sc},
+                dense_cos=None if dense_cos is None else float(dense_cos[i]),
+                q2e_score=q2e[0] if q2e else None,
+                q2e_ctr=q2e_scores.get(tid) if q2e_scores else None))
+        return ids, self.registry.featurize(QueryInput(qnorm, affinity or {}), cands, self.track_cache)
+
+    def _candidate_input(self, tid: str, **dynamic: Any) -> CandidateInput:
+        return CandidateInput(tid, *self.static[tid], **dynamic)
+
+    def score(self, x: np.ndarray, ids: list[str], results: dict[str, list[Candidate]],
+              served_arms: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
+        if not ids:
+            return np.zeros(0), []
+        model = self.p.ranker.current()
+        if model is not None:
+            scores = np.asarray(model.predict(x), dtype=float)
+        else:
+            scores = _rrf(ids, results, served_arms, self.p.catalog)
+        order = sorted(range(len(ids)), key=lambda i: -scores[i])
+        return scores, order
+
+    def _dense_cosines(self, query: str, ids: list[str]) -> np.ndarray | None:
+        dense = self.p.dense
+        if dense is None:
+            return None
+        try:
+            return np.asarray(dense.similarity(dense.encode_query(query), ids), dtype=float)
+        except Exception as exc:  # a feature, not the search: degrade to NaN
+            log.warning("dense cosine features failed: %r", exc)
+            return None
+
+    def _q2e_scores(self, qnorm: str, ids: list[str]) -> dict[str, float] | None:
+        store = self.p.q2e_store
+        if store is None:
+            return None
+        try:
+            return store.scores(qnorm, ids)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("q2e feature lookup failed: %r", exc)
+            return None
+
+    def _log_decision(self, record: DecisionRecord, now: float, timings: Mapping[str, float]) -> None:
+        body = record.model_dump_json()
+        if self.decision_log is not None:
+            self.decision_log.write(body)
+        if self.redis is None or self.decisions is None:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            self.decisions.stage(pipe, record, body, now)
+            if record.session_id:
+                # The session's recent queries: /suggest completes the next one from the last.
+                sq = self.keys.session_queries(record.session_id)
+                pipe.lpush(sq, record.query_norm)
+                pipe.ltrim(sq, 0, 9)
+                pipe.expire(sq, 1800)
+            if self.activity is not None:
+                probs = record.probabilities
+                explored = bool(probs) and probs[record.chosen] < max(probs)
+                self.activity.record_search(pipe, record.actions[record.chosen].key, explored, timings, now)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            # The search still answers; its feedback will be refused as unknown, which is honest.
+            metrics.ERRORS.labels(kind="redis_decision").inc()
+            log.warning("could not store decision %s in redis: %s", record.search_id, exc)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _static_fields(t: Any) -> tuple[str, str, str, tuple[str, ...], float, int | None]:
+    """CandidateInput's per-track fields, in its positional order after track_id."""
+    return (normalize(t.title), normalize(t.artist), normalize(t.album),
+            tuple(normalize(g) for g in t.genres + t.subgenres), t.popularity / 100.0, t.year)
+
+
+def policy_name(policy: Any) -> str:
+    return str(getattr(policy, "name", type(policy).__name__))
+
+
+def _evidence(stats: Any) -> float | None:
+    """None when the memory has never seen the query, else its (decayed) feedback evidence."""
+    if stats is None or not getattr(stats, "hit", False):
+        return None
+    return float(stats.evidence)
+
+
+def _pin(order: list[int], ids: list[str], memory: list[str]) -> list[int]:
+    """The ranking with the remembered tracks moved to the top, in the memory's order."""
+    if not memory:
+        return order
+    where = {tid: i for i, tid in enumerate(ids)}
+    head = [where[t] for t in memory if t in where]
+    taken = set(head)
+    return head + [i for i in order if i not in taken]
+
+
+def _rows(x: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in x.tolist()]
+
+
+def _union(results: Mapping[str, list[Candidate]]) -> list[tuple[str, set[str]]]:
+    """Candidates of every served arm, interleaved by rank so truncation keeps each arm's best."""
+    seen: dict[str, set[str]] = {}
+    lists = list(results.items())
+    depth = max((len(c) for _, c in lists), default=0)
+    for r in range(depth):
+        for arm, cands in lists:
+            if r < len(cands):
+                seen.setdefault(cands[r].track_id, set()).add(arm)
+    return list(seen.items())
+
+
+def _rrf(ids: list[str], results: Mapping[str, list[Candidate]], arms: tuple[str, ...], catalog: Catalog,
+         k: float = 60.0) -> np.ndarray:
+    """Reciprocal-rank fusion: the ranking used only while no LightGBM model exists yet."""
+    ranks = {a: {c.track_id: c.rank for c in results[a]} for a in arms if a in results}
+    return np.array([sum(1.0 / (k + r[tid]) for r in ranks.values() if tid in r)
+                     + 1e-4 * catalog.by_id[tid].popularity / 100.0 for tid in ids])
+
+
+def _ms(t: float) -> float:
+    return (time.perf_counter() - t) * 1000.0
