@@ -92,7 +92,7 @@ def precompute(rt: Any, n: int, seed: int, *, time_all: bool, progress: bool = T
     texts: dict[str, int] = {}
     text_index = [texts.setdefault(q.text, len(texts)) for q in queries]
     distinct = list(texts)
-    retrievers = rt.pipeline.p.retrievers
+    retrievers = rt.pipeline.parts.retrievers
     budget = max(a.budget for a in rt.pipeline.actions)
     # Time single calls first, before batching fills any query cache (dense keeps an LRU of vectors).
     rng = random.Random(seed)
@@ -232,7 +232,7 @@ def bandit_runs(rt: Any, pre: Precomputed, lam: float, progress: bool = True) ->
     for a in actions:
         fp = FixedPolicy(a.arms, a.budget)
         idx = fp.index(actions)
-        label = "all" if len(a.arms) == len(rt.pipeline.p.retrievers) else "fixed:" + "+".join(a.arms)
+        label = "all" if len(a.arms) == len(rt.pipeline.parts.retrievers) else "fixed:" + "+".join(a.arms)
         results += simulate_policy(label, pre, actions, lam, lambda i, ctx, idx=idx: (idx, 1.0))
     uni = UniformRandomPolicy(seed=SEED)
 
@@ -496,11 +496,11 @@ def _ndcg_table(rt: Any, models: dict[str, Any], queries: list[tuple[str, dict[s
     from retrievers.text import normalize
 
     pipe = rt.pipeline
-    arms = tuple(pipe.p.retrievers)
+    arms = tuple(pipe.parts.retrievers)
     budget = max(a.budget for a in pipe.actions)
     scores: dict[str, list[float]] = defaultdict(list)
     for text, rel in tqdm(queries, desc="ranker eval", unit="q", disable=not progress):
-        results = {a: pipe.p.retrievers[a].retrieve(text, budget) for a in arms}
+        results = {a: pipe.parts.retrievers[a].retrieve(text, budget) for a in arms}
         for a, cands in results.items():
             scores[f"{a} order"].append(ndcg_at_k([c.track_id for c in cands], rel))
         seen: dict[str, None] = {}

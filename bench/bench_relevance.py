@@ -135,7 +135,7 @@ def run(data_dir: Path, *, quick: bool = False, fresh_lexical: bool = False, lab
         spear = spearfish_set(catalog, n_per_kind or (60 if quick else 300))
         if quick:
             topic = topic[::4]
-        retrievers = rt.pipeline.p.retrievers
+        retrievers = rt.pipeline.parts.retrievers
         if fresh_lexical:
             fresh = TantivyRetriever()
             fresh.build(catalog.documents())

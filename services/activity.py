@@ -77,7 +77,7 @@ def minute_of(ts: float) -> int:
 
 class ActivityRecorder:
     def __init__(self, client: redis.Redis | None, keys: Keys | None = None, *, ttl_s: int = TTL_S):
-        self.r = client
+        self.redis = client
         self.keys = keys or Keys()
         self.ttl_s = ttl_s
 
@@ -123,9 +123,9 @@ class ActivityRecorder:
     # --- reading ------------------------------------------------------------------------------
     def read_minutes(self, first: int, last: int) -> list[dict[str, float]]:
         """Raw counters of minutes first..last inclusive, oldest first (empty dicts where nothing happened)."""
-        if self.r is None:
+        if self.redis is None:
             raise redis.ConnectionError("no redis client")
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for m in range(first, last + 1):
             pipe.hgetall(self.key(m))
         return [{k.decode(): float(v) for k, v in raw.items()} for raw in pipe.execute()]

@@ -60,7 +60,7 @@ def parse_served(raw: bytes | str) -> Served:
 class DecisionStore:
     def __init__(self, client: redis.Redis, keys: Keys, *, feedback_window_s: float, reward_wait_s: float,
                  grace_s: float, updates_maxlen: int):
-        self.r = client
+        self.redis = client
         self.keys = keys
         self.feedback_window_s = int(feedback_window_s)
         self.reward_wait_s = reward_wait_s
@@ -87,14 +87,14 @@ class DecisionStore:
     # --- read by ingest and worker ----------------------------------------------------------
     def served(self, search_ids: Iterable[str]) -> dict[str, Served]:
         ids = sorted(set(search_ids))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for sid in ids:
             pipe.get(self.keys.served(sid))
         return {sid: parse_served(raw) for sid, raw in zip(ids, pipe.execute(), strict=True) if raw is not None}
 
     def decisions(self, search_ids: Iterable[str]) -> dict[str, DecisionRecord]:
         ids = sorted(set(search_ids))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for sid in ids:
             pipe.get(self.keys.decision(sid))
         return {sid: DecisionRecord.model_validate_json(raw)
@@ -102,11 +102,11 @@ class DecisionStore:
 
     def due(self, now: float, limit: int = 500) -> list[str]:
         """Searches whose reward wait has ended, oldest first."""
-        return [d.decode() for d in self.r.zrangebyscore(self.keys.pending, "-inf", now, start=0, num=limit)]
+        return [d.decode() for d in self.redis.zrangebyscore(self.keys.pending, "-inf", now, start=0, num=limit)]
 
     def forget(self, search_id: str) -> None:
         """A due search whose decision expired: nothing is left to learn from it."""
-        self.r.zrem(self.keys.pending, search_id)
+        self.redis.zrem(self.keys.pending, search_id)
 
     def reward(self, search_id: str, payload: str, updates_stream: str, counts: str) -> bool:
         """Atomically: takes the search out of `pending` (False if another worker already did),

@@ -262,9 +262,9 @@ def test_bandit_learns_from_clicks_that_one_retriever_alone_finds(built_settings
         arm = min(("dense", "xr"), key=lambda a: _mass(rt, pattern, a))
         target = {}
         for q in pattern:
-            others = {c.track_id for name, r in rt.pipeline.p.retrievers.items() if name != arm
+            others = {c.track_id for name, r in rt.pipeline.parts.retrievers.items() if name != arm
                       for c in r.retrieve(q, 100)}
-            target[q] = next(c.track_id for c in rt.pipeline.p.retrievers[arm].retrieve(q, 100)
+            target[q] = next(c.track_id for c in rt.pipeline.parts.retrievers[arm].retrieve(q, 100)
                              if c.track_id not in others)
         before = _mass(rt, pattern, arm)
         rng = random.Random(0)

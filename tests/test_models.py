@@ -80,12 +80,12 @@ def test_xr_model_reloads_and_corrupt_xr_is_refused(runtime: Runtime) -> None:
     current = runtime.xr.current()
     nxt = store.publish(current.write, {}, promote=True, report={"reason": "test"})
     assert runtime.xr.refresh() and runtime.xr.version == nxt
-    assert runtime.pipeline.p.retrievers["xr"] is runtime.xr.current()
+    assert runtime.pipeline.parts.retrievers["xr"] is runtime.xr.current()
     bad = store.publish(runtime.xr.current().write, {}, promote=True, report={"reason": "test"})
     for f in store.path(bad).rglob("W.npz"):
         _damage(f)  # PECOS would abort this process on it: verification must refuse it first
     assert not runtime.xr.refresh() and runtime.xr.version == nxt
-    assert runtime.pipeline.p.retrievers["xr"].retrieve("shape of you ed sheeran", 5)
+    assert runtime.pipeline.parts.retrievers["xr"].retrieve("shape of you ed sheeran", 5)
 
 
 def test_startup_falls_back_past_corrupt_newest_versions(runtime: Runtime) -> None:

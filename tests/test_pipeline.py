@@ -82,8 +82,8 @@ class _Sleeping:
 @pytest.mark.parametrize("bad", [_Raising(), _Sleeping()])
 def test_a_failing_or_hanging_retriever_does_not_fail_the_search(runtime: Runtime, bad: object) -> None:
     pipe = runtime.pipeline
-    real = pipe.p.retrievers["dense"]
-    pipe.p.retrievers["dense"] = bad  # the fault under test: the real index raising / hanging
+    real = pipe.parts.retrievers["dense"]
+    pipe.parts.retrievers["dense"] = bad  # the fault under test: the real index raising / hanging
     try:
         both = next(i for i, a in enumerate(pipe.actions) if set(a.arms) == {"lexical", "dense"})
         results, failed, _, _ = pipe._retrieve("shape of you", pipe.actions[both].arms, 50)
@@ -93,12 +93,12 @@ def test_a_failing_or_hanging_retriever_does_not_fail_the_search(runtime: Runtim
         assert out.record.served  # the search still answers
         assert time.perf_counter() - t < 0.9 or "dense" not in out.record.actions[out.record.chosen].arms
     finally:
-        pipe.p.retrievers["dense"] = real
+        pipe.parts.retrievers["dense"] = real
 
 
 @contextmanager
 def _forced(pipe: SearchPipeline, arms: tuple[str, ...]) -> Iterator[None]:
-    holder = pipe.p.policy
+    holder = pipe.parts.policy
     saved = holder.current()
     holder.set(FixedPolicy(arms), "fixed")
     try:
@@ -117,12 +117,12 @@ def test_a_retriever_gets_a_deadline_from_its_own_latency(runtime: Runtime) -> N
     """The explicit timeout policy (services.serving.arm_budgets): an arm measured fast is cut at its own
     deadline, not the global cap, and the search says so (failed, deadlines, counters)."""
     pipe = runtime.pipeline
-    real, budgets = pipe.p.retrievers["dense"], pipe.budgets
+    real, budgets = pipe.parts.retrievers["dense"], pipe.budgets
     pipe.budgets = ArmBudgets(budgets.cap_ms, factor=3.0, floor_ms=5.0)
     for _ in range(64):
         pipe.budgets.observe("dense", 2.0, found=True)
     assert pipe.budgets.deadline_ms("dense") == 6.0 < pipe.budgets.cap_ms
-    pipe.p.retrievers["dense"] = _Sleeping()
+    pipe.parts.retrievers["dense"] = _Sleeping()
     before = _metric("ltrr_searches_degraded_total")
     try:
         results, failed, _, deadlines = pipe._retrieve("shape of you", ("lexical", "dense"), 50)
@@ -133,29 +133,29 @@ def test_a_retriever_gets_a_deadline_from_its_own_latency(runtime: Runtime) -> N
         assert "dense" in out.record.failed and out.deadlines_ms["dense"] == 6.0 and out.record.served
         assert _metric("ltrr_searches_degraded_total") == before + 1
     finally:
-        pipe.p.retrievers["dense"], pipe.budgets = real, budgets
+        pipe.parts.retrievers["dense"], pipe.budgets = real, budgets
 
 
 def test_when_every_chosen_arm_fails_the_cheapest_good_arm_answers(runtime: Runtime) -> None:
     pipe = runtime.pipeline
-    saved = dict(pipe.p.retrievers)
+    saved = dict(pipe.parts.retrievers)
     budgets = pipe.budgets
     pipe.budgets = ArmBudgets(budgets.cap_ms)
     for _ in range(64):  # measured: q2e is fastest but finds nothing; dense is cheaper than lexical here
         pipe.budgets.observe("q2e", 0.5, found=False)
         pipe.budgets.observe("dense", 3.0, found=True)
         pipe.budgets.observe("lexical", 4.0, found=True)
-    assert pipe.budgets.cheapest_good(pipe.p.retrievers, "lexical") == "dense"
-    pipe.p.retrievers["xr"] = _Raising()
-    pipe.p.retrievers["q2e"] = _Raising()
+    assert pipe.budgets.cheapest_good(pipe.parts.retrievers, "lexical") == "dense"
+    pipe.parts.retrievers["xr"] = _Raising()
+    pipe.parts.retrievers["q2e"] = _Raising()
     try:
         with _forced(pipe, ("xr", "q2e")):
             out = pipe.search("shape of you", 10, analytics=False)
         assert set(out.record.failed) == {"xr", "q2e"}
         assert out.record.served and set(out.record.candidates) == {"dense"}
     finally:
-        pipe.p.retrievers.clear()
-        pipe.p.retrievers.update(saved)
+        pipe.parts.retrievers.clear()
+        pipe.parts.retrievers.update(saved)
         pipe.budgets = budgets
 
 
@@ -173,7 +173,7 @@ def test_shadow_mode_runs_everything_but_serves_the_default(built_settings, fres
     rt = Runtime(settings.model_copy(update={"shadow": True}), start_worker=False)
     try:
         out = rt.pipeline.search("latin summer party", 10)
-        assert set(out.record.candidates) == set(rt.pipeline.p.retrievers)
+        assert set(out.record.candidates) == set(rt.pipeline.parts.retrievers)
         assert out.record.shadow and set(out.record.actions[out.record.chosen].arms) == set(settings.default_arms)
         served_arms = set(out.record.actions[out.record.chosen].arms)
         assert all(set(arms) <= served_arms for arms in out.found_by.values())
@@ -192,14 +192,14 @@ def test_serving_uses_the_configured_query_encoder_precision(runtime: Runtime, b
     # LTRR_QUERY_ENCODER=fp32 switches back without rebuilding anything.
     settings, _ = built_settings
     assert settings.query_encoder == "int8"
-    assert getattr(runtime.pipeline.p.retrievers["dense"].query_encoder, "precision", None) == "int8"
+    assert getattr(runtime.pipeline.parts.retrievers["dense"].query_encoder, "precision", None) == "int8"
     from retrievers.dense import DenseRetriever
 
     fp32 = DenseRetriever.load(settings.index_dir / "dense", config_overrides={"onnx_precision": "fp32"})
     assert fp32.query_encoder.precision == "fp32"
     q = "taylor swift love story"
     assert [c.track_id for c in fp32.retrieve(q, 5)][:1] == \
-        [c.track_id for c in runtime.pipeline.p.retrievers["dense"].retrieve(q, 5)][:1]
+        [c.track_id for c in runtime.pipeline.parts.retrievers["dense"].retrieve(q, 5)][:1]
 
 
 def test_a_chosen_arm_that_finds_nothing_falls_back_to_lexical(keyed_service, fresh_redis_state) -> None:

@@ -207,7 +207,7 @@ class ModelTrainer:
     LEASE_S = 60
 
     def __init__(self, settings: Settings, client: redis.Redis | None, keys: Keys, docs: Sequence[Document]):
-        self.s = settings
+        self.settings = settings
         self.redis = client
         self.keys = keys
         self.docs = docs
@@ -255,7 +255,7 @@ class ModelTrainer:
         self.seen.add(sid)
         self.records.append(rec)
         self.new_labelled += 1
-        self.new_pairs += sum(1 for e in events if event_weight(e["type"], self.s.reward) > 0)
+        self.new_pairs += sum(1 for e in events if event_weight(e["type"], self.settings.reward) > 0)
         return 1
 
     def run_once(self, *, force: bool = False) -> dict[str, GateResult]:
@@ -263,11 +263,11 @@ class ModelTrainer:
             return {}
         self.ingest()
         out: dict[str, GateResult] = {}
-        every = self.s.retrain_ranker_every
+        every = self.settings.retrain_ranker_every
         if (every and self.new_labelled >= every) or (force and self.records):
             out["ranker"] = self.retrain_ranker()
             self.new_labelled = 0
-        every = self.s.retrain_xr_every
+        every = self.settings.retrain_xr_every
         if (every and self.new_pairs >= every) or (force and self.records):
             out["xr"] = self.retrain_xr()
             self.new_pairs = 0
@@ -281,7 +281,7 @@ class ModelTrainer:
         older, recent = split_recent(list(self.records))
         clicks, _ = ranker_labels.build_training_set(older, self.registry.names, eta=eta)
         held, _ = ranker_labels.build_training_set(recent, self.registry.names, eta=None)
-        cold = load_coldstart_data(self.s.models_dir)
+        cold = load_coldstart_data(self.settings.models_dir)
         parts = [clicks]
         general = None
         if cold is not None:
@@ -291,7 +291,7 @@ class ModelTrainer:
 
     def retrain_ranker(self) -> GateResult:
         t = time.perf_counter()
-        train, _, _ = self.ranker_data(eta=self.s.position_eta)
+        train, _, _ = self.ranker_data(eta=self.settings.position_eta)
         model = ranker_model.train(train.X, train.y, train.group, train.weights, registry=self.registry,
                                    num_boost_round=120)
         model.meta.update({"source": "cold start + click log", "click_searches": len(self.records)})
@@ -303,7 +303,7 @@ class ModelTrainer:
         """Publishes `model` and promotes it if the gate passes (or `force`); the one way a ranker
         reaches serving after the cold start (automatic retraining and `ltrr train ranker`)."""
         _, held, general = self.ranker_data(eta=None)
-        result = RankerGate(self.s.gate_tolerance).evaluate(model, self._serving_ranker(), held, general,
+        result = RankerGate(self.settings.gate_tolerance).evaluate(model, self._serving_ranker(), held, general,
                                                             self.general_baseline)
         result.report.update(report)
         if force and not result.promote:
@@ -325,8 +325,8 @@ class ModelTrainer:
 
         t = time.perf_counter()
         older, recent = split_recent(list(self.records))
-        train_pairs = click_pairs(older, self.known, self.s.reward)
-        holdout = sorted({(q, tid) for q, tid, _ in click_pairs(recent, self.known, self.s.reward)})
+        train_pairs = click_pairs(older, self.known, self.settings.reward)
+        holdout = sorted({(q, tid) for q, tid, _ in click_pairs(recent, self.known, self.settings.reward)})
         xr = XRLinearRetriever(XRConfig())
         xr.train(train_pairs, self.docs)
         serving = None
@@ -341,7 +341,8 @@ class ModelTrainer:
         def ranked(model: XRLinearRetriever) -> Callable[[list[str]], list[list[str]]]:
             return lambda qs: [[c.track_id for c in cands] for cands in model.retrieve_batch(qs, 100)]
 
-        result = XRGate(self.s.gate_tolerance).evaluate(ranked(xr), ranked(serving) if serving else None, holdout)
+        gate = XRGate(self.settings.gate_tolerance)
+        result = gate.evaluate(ranked(xr), ranked(serving) if serving else None, holdout)
         result.report["train_seconds"] = round(time.perf_counter() - t, 2)
         result.report["train_pairs"] = len(train_pairs)
         self._publish(self.xr_store, "xr", xr.write, {"source": "cold start + click pairs",

@@ -91,8 +91,7 @@ class FeedbackWorker:
                  catalog: Catalog, bandit_store: BanditStoreLike, consumer: str | None = None,
                  activity: ActivityLike | None = None):
         self.settings = settings
-        self.s = settings
-        self.r = client
+        self.redis = client
         self.keys = keys
         self.q2e = q2e_store
         self.catalog = catalog
@@ -122,16 +121,16 @@ class FeedbackWorker:
         now = time.time()
         messages: list[tuple[bytes, dict[bytes, bytes]]] = []
         # Our own pending entries first (we may have crashed before XACK), then others' stale ones.
-        for _, entries in self.r.xreadgroup(self.keys.group, self.consumer, {self.keys.feedback_stream: "0"},
+        for _, entries in self.redis.xreadgroup(self.keys.group, self.consumer, {self.keys.feedback_stream: "0"},
                                             count=count) or []:
             messages.extend(e for e in entries if e[1])
         if not messages and now - self.last_claim > 5.0:
             self.last_claim = now
-            res = self.r.xautoclaim(self.keys.feedback_stream, self.keys.group, self.consumer,
+            res = self.redis.xautoclaim(self.keys.feedback_stream, self.keys.group, self.consumer,
                                     min_idle_time=30_000, start_id="0-0", count=count)
             messages.extend(e for e in res[1] if e[1])
         if not messages:
-            for _, entries in self.r.xreadgroup(self.keys.group, self.consumer, {self.keys.feedback_stream: ">"},
+            for _, entries in self.redis.xreadgroup(self.keys.group, self.consumer, {self.keys.feedback_stream: ">"},
                                                 count=count, block=block_ms) or []:
                 messages.extend(entries)
         if messages:
@@ -156,7 +155,7 @@ class FeedbackWorker:
         served = self.decisions.served(e.search_id for _, e in events)
         by_search: dict[str, list[FeedbackEvent]] = defaultdict(list)
         q2e_events = []
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for _, ev in events:
             shown = served.get(ev.search_id)
             genres: list[str] = []
@@ -165,7 +164,7 @@ class FeedbackWorker:
             if ev.user_id and t is not None:
                 # Normalized, because the ranker's affinity feature matches normalized genre names.
                 genres = [normalize(g) for g in t.genres]
-                weight = 1.0 if is_positive(ev, self.s.reward) else -0.5
+                weight = 1.0 if is_positive(ev, self.settings.reward) else -0.5
             self._apply(keys=[self.keys.applied(ev.event_id), self.keys.counts, self.keys.search_events(ev.search_id),
                               self.keys.user_genres(ev.user_id) if ev.user_id and genres else ""],
                         args=[MARKER_TTL_S, ev.type, ev.model_dump_json(), self.decisions.decision_ttl_s, weight,
@@ -173,12 +172,12 @@ class FeedbackWorker:
                         client=pipe)
             if shown is not None and shown.query_norm:
                 by_search[ev.search_id].append(ev)
-                if self.q2e is not None and self.s.learn_q2e:
+                if self.q2e is not None and self.settings.learn_q2e:
                     q2e_events.append(Q2EEvent(ev.event_id, shown.query_norm, ev.track_id, ev.type, ev.timestamp))
             else:
                 metrics.ERRORS.labels(kind="feedback_decision_expired").inc()
         pipe.execute()
-        if self.q2e is not None and self.s.learn_q2e:
+        if self.q2e is not None and self.settings.learn_q2e:
             for sid in by_search:
                 self.q2e.impressions(served[sid].query_norm, served[sid].ids, sid, ts=served[sid].ts)
             if q2e_events:
@@ -187,18 +186,18 @@ class FeedbackWorker:
         # so acted-on and silent searches reach the bandit after the same delay.
         for _, ev in events:
             metrics.WORKER_EVENTS.labels(type=ev.type).inc()
-        self.r.xack(self.keys.feedback_stream, self.keys.group, *[m for m, _ in events], *bad)
+        self.redis.xack(self.keys.feedback_stream, self.keys.group, *[m for m, _ in events], *bad)
 
     def finalize(self, rec: DecisionRecord) -> bool:
         """Rewards one search, once. Reads every applied event of the search from Redis."""
-        raw = self.r.lrange(self.keys.search_events(rec.search_id), 0, -1)
+        raw = self.redis.lrange(self.keys.search_events(rec.search_id), 0, -1)
         events = [FeedbackEvent.model_validate_json(x) for x in raw]
-        reward = action_reward(rec, rec.actions[rec.chosen], events, self.s.reward)
+        reward = action_reward(rec, rec.actions[rec.chosen], events, self.settings.reward)
         joined = JoinedRecord(**rec.model_dump(), events=events, reward=reward)
         payload = {"record": json.loads(joined.model_dump_json())}
         if rec.shadow:
-            payload["subset_rewards"] = subset_rewards(rec, rec.actions, events, self.s.reward)
-        if self.q2e is not None and self.s.learn_q2e and not (self.learner is not None and self.learner.paused):
+            payload["subset_rewards"] = subset_rewards(rec, rec.actions, events, self.settings.reward)
+        if self.q2e is not None and self.settings.learn_q2e and not (self.learner is not None and self.learner.paused):
             # Shown and not played is weak negative evidence, but not during a feedback outage.
             self.q2e.impressions(rec.query_norm, rec.served, rec.search_id, ts=rec.ts)
         return self.decisions.reward(rec.search_id, json.dumps(payload), self.keys.bandit_updates, self.keys.counts)
@@ -223,7 +222,8 @@ class FeedbackWorker:
 
     # --- threads -------------------------------------------------------------------------------
     def start(self) -> FeedbackWorker:
-        self.learner = BanditLearner(self.s, self.r, self.keys, self.bandit_store, self.training_log, self.activity)
+        self.learner = BanditLearner(self.settings, self.redis, self.keys, self.bandit_store, self.training_log,
+                                     self.activity)
         self._thread = threading.Thread(target=self._run, name="feedback-worker", daemon=True)
         self._thread.start()
         return self
@@ -267,8 +267,8 @@ class BanditLearner:
 
     def __init__(self, settings: Settings, client: redis.Redis, keys: Keys, store: BanditStoreLike,
                  training_log: JsonlWriter, activity: ActivityLike | None = None):
-        self.s = settings
-        self.r = client
+        self.settings = settings
+        self.redis = client
         self.keys = keys
         self.store = store  # services.serving.runtime.BanditStore
         self.training_log = training_log
@@ -290,9 +290,9 @@ class BanditLearner:
         self.checkpointed: deque[str] = deque(maxlen=3)
 
     def _acquire(self) -> bool:
-        ok = self.r.set(self.lease_key, self.owner, nx=True, ex=self.LEASE_S)
-        if not ok and self.r.get(self.lease_key) == self.owner.encode():
-            self.r.expire(self.lease_key, self.LEASE_S)
+        ok = self.redis.set(self.lease_key, self.owner, nx=True, ex=self.LEASE_S)
+        if not ok and self.redis.get(self.lease_key) == self.owner.encode():
+            self.redis.expire(self.lease_key, self.LEASE_S)
             ok = True
         if ok and not self.leader:
             self.policy, self.last_id = self.store.load_for_learning()
@@ -302,15 +302,15 @@ class BanditLearner:
         return self.leader
 
     def release(self) -> None:
-        if self.leader and self.r.get(self.lease_key) == self.owner.encode():
-            self.r.delete(self.lease_key)
+        if self.leader and self.redis.get(self.lease_key) == self.owner.encode():
+            self.redis.delete(self.lease_key)
         self.leader = False
 
     def step(self, count: int = 1000) -> int:
         if not self._acquire():
             return 0
-        entries = self.r.xrange(self.keys.bandit_updates, min=f"({self.last_id}", count=count) \
-            if self.last_id != "0-0" else self.r.xrange(self.keys.bandit_updates, count=count)
+        entries = self.redis.xrange(self.keys.bandit_updates, min=f"({self.last_id}", count=count) \
+            if self.last_id != "0-0" else self.redis.xrange(self.keys.bandit_updates, count=count)
         for eid, fields in entries:
             self.apply(json.loads(fields[b"u"]), eid.decode())
         if entries:
@@ -322,7 +322,7 @@ class BanditLearner:
         actions = [Action(tuple(a.arms), a.budget) for a in rec.actions]
         latency = sum(rec.retriever_ms.values()) if rec.retriever_ms else None
         self.recent_acted.append(bool(rec.events))
-        window = self.s.bandit_silence_window
+        window = self.settings.bandit_silence_window
         silent = window > 0 and len(self.recent_acted) >= window and not any(self.recent_acted)
         if silent:
             metrics.ERRORS.labels(kind="bandit_paused_feedback_silent").inc()
@@ -330,7 +330,7 @@ class BanditLearner:
                 log.warning("bandit learner: none of the last %d searches got any feedback; pausing "
                             "bandit learning until feedback arrives again", window)
         self.paused = silent
-        if self.s.learn_bandit and not silent:
+        if self.settings.learn_bandit and not silent:
             # Progressive validation: the learning policy is scored on this search before it
             # learns from it (services.learning.gate.BanditGate).
             p_new = self.policy.decide(rec.context, actions).probabilities[rec.chosen]
@@ -348,7 +348,7 @@ class BanditLearner:
         if lag is not None:
             metrics.FEEDBACK_LAG.observe(lag)
         if self.activity is not None:
-            self.activity.record_reward(self.r, key, rec.reward, lag, time.time())
+            self.activity.record_reward(self.redis, key, rec.reward, lag, time.time())
         self.training_log.write(rec.model_dump_json())
         self.last_id = entry_id
         self.since_checkpoint += 1
@@ -357,9 +357,9 @@ class BanditLearner:
     def checkpoint(self, force: bool = False) -> str | None:
         """Saves the learning state (a new version, resumable after a crash) and promotes it to
         serving only if the gate says it is no worse than the serving policy."""
-        due = self.since_checkpoint >= self.s.checkpoint_every or \
-            time.monotonic() - self.last_checkpoint >= self.s.checkpoint_seconds
-        if not self.leader or self.since_checkpoint == 0 or not (due or force) or not self.s.learn_bandit:
+        due = self.since_checkpoint >= self.settings.checkpoint_every or \
+            time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_seconds
+        if not self.leader or self.since_checkpoint == 0 or not (due or force) or not self.settings.learn_bandit:
             return None
         result = self.gate.evaluate()
         version = self.store.publish(self.policy, self.last_id, promote=False)
@@ -377,7 +377,7 @@ class BanditLearner:
         self.store.prune()
         self.checkpointed.append(self.last_id)
         if len(self.checkpointed) == self.checkpointed.maxlen:
-            self.r.xtrim(self.keys.bandit_updates, minid=self.checkpointed[0], approximate=False)
+            self.redis.xtrim(self.keys.bandit_updates, minid=self.checkpointed[0], approximate=False)
         metrics.GATE_DECISIONS.labels(kind="bandit", decision=decision).inc()
         self.since_checkpoint = 0
         self.last_checkpoint = time.monotonic()

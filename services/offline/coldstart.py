@@ -115,12 +115,12 @@ class ColdStartData:
 def collect(pipeline: SearchPipeline, queries: Sequence[TrainingQuery], *, seed: int = 0,
             progress: bool = True) -> ColdStartData:
     rng = random.Random(seed)
-    catalog = pipeline.p.catalog
+    catalog = pipeline.parts.catalog
     actions: list[Action] = pipeline.actions
-    arms_all = tuple(pipeline.p.retrievers)
+    arms_all = tuple(pipeline.parts.retrievers)
     budget = max(a.budget for a in actions)
     xs, ys, groups, contexts, rewards = [], [], [], [], []
-    reward_cfg = pipeline.s.reward
+    reward_cfg = pipeline.settings.reward
     lat: dict[str, list[float]] = defaultdict(list)
     hits = np.zeros(len(actions))
     for q in tqdm(queries, desc="cold-start queries", unit="q", disable=not progress):
@@ -132,7 +132,7 @@ def collect(pipeline: SearchPipeline, queries: Sequence[TrainingQuery], *, seed:
         for arm in arms_all:
             t = time.perf_counter()
             try:
-                results[arm] = pipeline.p.retrievers[arm].retrieve(q.text, budget)
+                results[arm] = pipeline.parts.retrievers[arm].retrieve(q.text, budget)
             except Exception as exc:  # a broken retriever must not stop training; it is logged
                 log.warning("retriever %s failed on %r: %r", arm, q.text, exc)
                 results[arm] = []

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bandit.actions import Action
+from bandit.policy import VWPolicy
 from logged.records import ActionRecord
 from replay.estimators import (
     BaseOffPolicyEstimator,
@@ -58,7 +59,7 @@ class VWReplayPolicy:
     """A saved VW bandit behind the replay `PolicyLike` protocol. `greedy` evaluates the
     exploitation policy (all mass on the most likely action) instead of the exploring one."""
 
-    def __init__(self, policy: Any, greedy: bool = False):
+    def __init__(self, policy: VWPolicy, greedy: bool = False):
         self.policy = policy
         self.greedy = greedy
 
@@ -182,7 +183,7 @@ def make_policy(spec: str, log: BanditLog, data_dir: Path | None, greedy: bool =
                       "bandit:vNNNN, bandit:latest or bandit:<file.vw>")
 
 
-def load_bandit(which: str, data_dir: Path | None) -> Any:
+def load_bandit(which: str, data_dir: Path | None) -> VWPolicy:
     from services.config import Settings
     from services.keys import Keys
     from services.serving.runtime import BanditStore

@@ -374,7 +374,7 @@ class InProcessDriver:
         from services.learning.worker import BanditLearner, FeedbackWorker
         from services.serving.runtime import Runtime
 
-        self.s = settings
+        self.settings = settings
         self.rt = Runtime(settings, start_worker=False)
         self.oracle = oracle
         self.worker = FeedbackWorker(settings, self.rt.redis, self.rt.keys, q2e_store=self.rt.q2e_store,
@@ -403,7 +403,7 @@ class InProcessDriver:
         # (simulated time) so searches nobody acted on are rewarded 0 without waiting 30 minutes.
         while self.worker.run_once(block_ms=1):
             pass
-        self.worker.sweep(time.time() + self.s.reward.wait_s + 1.0)
+        self.worker.sweep(time.time() + self.settings.reward.wait_s + 1.0)
         if self.worker.learner is not None and self.worker.learner.step():
             self.rt.policy.refresh()
         action = rec.actions[rec.chosen]
@@ -412,7 +412,7 @@ class InProcessDriver:
             union.update(rec.candidates.get(arm, [])[: action.budget])
         # The worker's reward: events on items the chosen retrievers found (not a fallback's).
         reward = action_reward(rec, rec.actions[rec.chosen], _feedback_events(events, rec.search_id, rec.ts),
-                               self.s.reward)
+                               self.settings.reward)
         result = StepResult(q, rec.search_id, action.key, rec.propensity, list(rec.served), events, reward, ms,
                             target_in_union=bool(union & set(q.targets)) if q.targets else None,
                             relevant_in_union=len(union & q.relevant), target_rank=_target_rank(q, rec.served))
@@ -432,7 +432,7 @@ class InProcessDriver:
         return out
 
     def finish(self) -> None:
-        self.worker.sweep(time.time() + self.s.reward.wait_s + 1.0)
+        self.worker.sweep(time.time() + self.settings.reward.wait_s + 1.0)
         if self.worker.learner is not None:
             while self.worker.learner.step():
                 pass
@@ -442,7 +442,7 @@ class InProcessDriver:
         self.rt.close()
 
     def joined_logs(self) -> list[Path]:
-        return sorted(Path(self.s.logs_dir).glob("joined-*.jsonl"))
+        return sorted(Path(self.settings.logs_dir).glob("joined-*.jsonl"))
 
 
 class HttpDriver:
@@ -454,7 +454,7 @@ class HttpDriver:
 
         headers = {"X-API-Key": settings.api_keys[0]} if settings.api_keys else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-        self.s = settings
+        self.settings = settings
         self.catalog = catalog
         try:
             self.http.get("/health").raise_for_status()
@@ -485,14 +485,14 @@ class HttpDriver:
             if fr.status_code != 202:
                 err = f"/feedback {fr.status_code}: {fr.text[:200]}"
         return StepResult(q, body["search_id"], action, dbg.get("propensity"), served, events,
-                          sim_reward(events, body["search_id"], ts, self.s.reward), ms,
+                          sim_reward(events, body["search_id"], ts, self.settings.reward), ms,
                           target_rank=_target_rank(q, served), error=err)
 
     def finish(self) -> None:
         self.http.close()
 
     def joined_logs(self) -> list[Path]:
-        return sorted(Path(self.s.logs_dir).glob("joined-*.jsonl"))
+        return sorted(Path(self.settings.logs_dir).glob("joined-*.jsonl"))
 
 
 def retrieval_reward(q: SimQuery, found: set[str] | frozenset[str], budget: int = 100) -> float:

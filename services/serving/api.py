@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from services import metrics
 from services.serving.api_models import (
@@ -146,7 +147,7 @@ class CatchAll:
     Left to propagate, it reaches the server, which then closes the connection, so the client's
     next request on that keep-alive connection failed with ECONNRESET."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
@@ -175,7 +176,7 @@ class CatchAll:
 class BodyLimit:
     """Refuses bodies over `limit` bytes before they are read into memory (413)."""
 
-    def __init__(self, app: Any, limit: int, max_query_string: int = MAX_QUERY_STRING):
+    def __init__(self, app: ASGIApp, limit: int, max_query_string: int = MAX_QUERY_STRING):
         self.app, self.limit, self.max_qs = app, limit, max_query_string
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],

@@ -78,7 +78,7 @@ class IngestResult:
 
 class FeedbackIngest:
     def __init__(self, client: redis.Redis, keys: Keys, decisions: DecisionStore, *, stream_maxlen: int = 5_000_000):
-        self.r = client
+        self.redis = client
         self.keys = keys
         self.decisions = decisions
         self.stream_maxlen = stream_maxlen
@@ -111,7 +111,7 @@ class FeedbackIngest:
             unique.setdefault(ev.event_id, ev)
         ready = list(unique.values())
         # One MULTI/EXEC: either every event of the batch is in the stream or none is.
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
         for ev in ready:
             pipe.xadd(self.keys.feedback_stream, {"e": ev.model_dump_json()}, maxlen=self.stream_maxlen,
                       approximate=True)

@@ -8,7 +8,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -23,9 +23,10 @@ from bandit.policy import Decision, FixedPolicy
 from logged.records import ActionRecord, DecisionRecord
 from ranker.features import CandidateInput, FeatureRegistry, QueryInput, TrackFeatureCache
 from retrievers.base import Candidate, Retriever
+from retrievers.q2e import Q2EStats, Q2EStore
 from retrievers.text import normalize
 from services import metrics
-from services.catalog import Catalog, vocabulary
+from services.catalog import Catalog, Track, vocabulary
 from services.config import Settings
 from services.decision_store import DecisionStore
 from services.jsonl_log import JsonlWriter
@@ -44,6 +45,15 @@ class SearchActivity(Protocol):
 
     def record_search(self, pipe: redis.client.Pipeline, action_key: str, explored: bool,
                       timings_ms: Mapping[str, float], ts: float) -> None: ...
+
+
+class QueryCosines(Protocol):
+    """What ranking needs of the dense arm (retrievers.dense.DenseRetriever): a query's vector and
+    its cosine with given tracks, NaN where unknown."""
+
+    def encode_query(self, query: str) -> np.ndarray | None: ...
+
+    def similarity(self, query_vec: np.ndarray | None, track_ids: Sequence[str]) -> np.ndarray: ...
 
 
 @dataclass
@@ -67,15 +77,15 @@ class Components:
     retrievers: dict[str, Retriever]
     policy: ModelHolder  # current bandit policy (hot-reloadable)
     ranker: ModelHolder  # current LightGBM model, or None -> reciprocal-rank fusion fallback
-    q2e_store: Any | None = None  # retrievers.q2e store: stats() for context, scores for features
-    dense: Any | None = None  # retrievers.dense.DenseRetriever: query vector + cosine for candidates
+    q2e_store: Q2EStore | None = None  # stats() for context, learned() for the memory, scores() for features
+    dense: QueryCosines | None = None  # retrievers.dense.DenseRetriever: query vector + cosine for candidates
 
 
 class SearchPipeline:
     def __init__(self, settings: Settings, parts: Components, client: redis.Redis | None, keys: Keys,
                  decision_log: JsonlWriter | None, activity: SearchActivity | None = None):
-        self.s = settings
-        self.p = parts
+        self.settings = settings
+        self.parts = parts
         self.redis = client
         self.keys = keys
         self.decision_log = decision_log
@@ -122,12 +132,12 @@ class SearchPipeline:
         timings["context"] = _ms(t0)
 
         t = time.perf_counter()
-        policy = self.p.policy.current()
-        if self.s.shadow:
+        policy = self.parts.policy.current()
+        if self.settings.shadow:
             # Users see the default policy's result; every retriever runs so the bandit can learn
             # the reward of every subset (full information) without changing what is served.
             decision = self.default_policy.decide(context, self.actions)
-            run_arms = tuple(self.p.retrievers)
+            run_arms = tuple(self.parts.retrievers)
             budget = max(a.budget for a in self.actions)
         else:
             decision = policy.decide(context, self.actions)
@@ -138,7 +148,7 @@ class SearchPipeline:
         t = time.perf_counter()
         results, failed, per_ms, deadlines = self._retrieve(query, run_arms, budget)
         served_arms = decision.action.arms
-        fallback = self.budgets.cheapest_good(self.p.retrievers, self.fallback_arm)
+        fallback = self.budgets.cheapest_good(self.parts.retrievers, self.fallback_arm)
         if not any(results.get(a) for a in served_arms) and fallback not in run_arms:
             # Every chosen retriever failed, timed out or found nothing (Q2E has no memory of a new
             # query, XR knows none of its n-grams): answer from the cheapest good arm rather than
@@ -162,7 +172,7 @@ class SearchPipeline:
             arms_of.setdefault(tid, set()).add("memory")
         union_ids = [tid for tid, _ in union]
         # Remembered tracks are ranked even when the chosen retrievers missed them.
-        head = set(union_ids[: self.s.rerank_depth])
+        head = set(union_ids[: self.settings.rerank_depth])
         union_ids += [tid for tid in remembered if tid not in head]
         ids, feats = self.featurize(qnorm, query, union_ids, results, affinity, served_arms,
                                     keep=set(remembered))
@@ -188,16 +198,16 @@ class SearchPipeline:
         # Features of a uniform sample of the unserved candidates too: the ranker's retraining
         # needs negatives that serving ranked low, not only the ten it showed.
         rest = order[limit:]
-        sampled = sorted(self._rng.sample(rest, min(self.s.log_unserved, len(rest)))) if analytics else []
+        sampled = sorted(self._rng.sample(rest, min(self.settings.log_unserved, len(rest)))) if analytics else []
 
         feature_rows = feats[top] if feats is not None else None
         record = DecisionRecord(
             search_id=search_id, ts=ts, query=query, query_norm=qnorm, user_id=user_id, session_id=session_id,
             locale=locale, device=device, context=context,
-            policy=(f"shadow({policy_name(policy)})" if self.s.shadow else policy_name(policy)),
-            bandit_version=getattr(policy, "version", None), ranker_version=self.p.ranker.version,
+            policy=(f"shadow({policy_name(policy)})" if self.settings.shadow else policy_name(policy)),
+            bandit_version=getattr(policy, "version", None), ranker_version=self.parts.ranker.version,
             actions=self.action_records, probabilities=[float(p) for p in decision.probabilities],
-            chosen=decision.chosen, propensity=float(decision.propensity), shadow=self.s.shadow,
+            chosen=decision.chosen, propensity=float(decision.propensity), shadow=self.settings.shadow,
             candidates={a: [c.track_id for c in results[a]] for a in results}, failed=failed,
             retriever_ms=per_ms, served=served, feature_names=self.registry.names,
             features=_rows(feature_rows) if feature_rows is not None else [], memory=pinned,
@@ -218,7 +228,7 @@ class SearchPipeline:
     def warm_up(self) -> None:
         """First calls pay for lazy loading (ONNX session, tantivy searcher, Lua scripts): make
         them here so the first user search does not time out its retrievers."""
-        for name, r in self.p.retrievers.items():
+        for name, r in self.parts.retrievers.items():
             try:
                 r.retrieve("warm up query", 10)
             except Exception as exc:
@@ -244,8 +254,8 @@ class SearchPipeline:
             if user_id and self.redis is not None:
                 raw = self.redis.hgetall(self.keys.user_genres(user_id))
                 affinity = {k.decode(): float(v) for k, v in raw.items()} or None
-            if self.p.q2e_store is not None:
-                stats = self.p.q2e_store.stats(qnorm)
+            if self.parts.q2e_store is not None:
+                stats = self.parts.q2e_store.stats(qnorm)
                 evidence = _evidence(stats)
         except (redis.RedisError, OSError) as exc:
             metrics.ERRORS.labels(kind="redis_context").inc()
@@ -257,16 +267,17 @@ class SearchPipeline:
         than skips — always ranked, even when the chosen retrievers missed it; the ones it is sure
         of (Settings.memory_*), best first — served in the top slots). The bandit decides what to
         retrieve, not whether what users keep playing is shown."""
-        store = self.p.q2e_store
-        if store is None or self.s.memory_slots == 0:
+        store = self.parts.q2e_store
+        if store is None or self.settings.memory_slots == 0:
             return [], []
         try:
             learned = store.learned(qnorm, now=now)
         except (redis.RedisError, OSError) as exc:
             log.warning("click memory lookup failed: %r", exc)
             return [], []
-        s = self.s
-        known = [m for m in learned if m.positives > m.skips and m.track_id in self.p.catalog.by_id][:MEMORY_CANDIDATES]
+        s = self.settings
+        by_id = self.parts.catalog.by_id
+        known = [m for m in learned if m.positives > m.skips and m.track_id in by_id][:MEMORY_CANDIDATES]
         pins = [m.track_id for m in known
                 if m.positives >= s.memory_min_positive and m.posterior >= s.memory_min_posterior][: s.memory_slots]
         return [m.track_id for m in known], pins
@@ -276,8 +287,8 @@ class SearchPipeline:
         """Runs `arms` in parallel, each with its own deadline (services.serving.arm_budgets): (candidates
         of the arms that answered in time, arms dropped, ms per arm, deadline ms per arm)."""
         started = time.perf_counter()
-        futures = {a: self.pool.submit(self._timed, self.p.retrievers[a], query, budget)
-                   for a in arms if a in self.p.retrievers}
+        futures = {a: self.pool.submit(self._timed, self.parts.retrievers[a], query, budget)
+                   for a in arms if a in self.parts.retrievers}
         deadlines = {a: self.budgets.deadline_ms(a) for a in futures}
         results: dict[str, list[Candidate]] = {}
         failed: list[str] = []
@@ -330,9 +341,9 @@ class SearchPipeline:
         registry order; only served arms' scores count, so training (which calls this too) sees
         what serving sees. Ids unknown to the catalog are dropped (e.g. a model trained on an
         older catalog)."""
-        depth = self.s.rerank_depth
+        depth = self.settings.rerank_depth
         ids = [tid for i, tid in enumerate(union_ids) if (i < depth or (keep and tid in keep))
-               and tid in self.p.catalog.by_id]
+               and tid in self.parts.catalog.by_id]
         if not ids:
             return [], np.zeros((0, self.registry.dim), dtype=np.float32)
         by_arm: dict[str, dict[str, tuple[float, int]]] = {
@@ -356,16 +367,16 @@ class SearchPipeline:
               served_arms: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
         if not ids:
             return np.zeros(0), []
-        model = self.p.ranker.current()
+        model = self.parts.ranker.current()
         if model is not None:
             scores = np.asarray(model.predict(x), dtype=float)
         else:
-            scores = _rrf(ids, results, served_arms, self.p.catalog)
+            scores = _rrf(ids, results, served_arms, self.parts.catalog)
         order = sorted(range(len(ids)), key=lambda i: -scores[i])
         return scores, order
 
     def _dense_cosines(self, query: str, ids: list[str]) -> np.ndarray | None:
-        dense = self.p.dense
+        dense = self.parts.dense
         if dense is None:
             return None
         try:
@@ -375,7 +386,7 @@ class SearchPipeline:
             return None
 
     def _q2e_scores(self, qnorm: str, ids: list[str]) -> dict[str, float] | None:
-        store = self.p.q2e_store
+        store = self.parts.q2e_store
         if store is None:
             return None
         try:
@@ -413,19 +424,19 @@ class SearchPipeline:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _static_fields(t: Any) -> tuple[str, str, str, tuple[str, ...], float, int | None]:
+def _static_fields(t: Track) -> tuple[str, str, str, tuple[str, ...], float, int | None]:
     """CandidateInput's per-track fields, in its positional order after track_id."""
     return (normalize(t.title), normalize(t.artist), normalize(t.album),
             tuple(normalize(g) for g in t.genres + t.subgenres), t.popularity / 100.0, t.year)
 
 
-def policy_name(policy: Any) -> str:
+def policy_name(policy: object) -> str:
     return str(getattr(policy, "name", type(policy).__name__))
 
 
-def _evidence(stats: Any) -> float | None:
+def _evidence(stats: Q2EStats | None) -> float | None:
     """None when the memory has never seen the query, else its (decayed) feedback evidence."""
-    if stats is None or not getattr(stats, "hit", False):
+    if stats is None or not stats.hit:
         return None
     return float(stats.evidence)
 

@@ -68,15 +68,15 @@ class BanditStore:
     MODEL_FILE = "model.vw"
 
     def __init__(self, settings: Settings, client: redis.Redis | None, keys: Keys):
-        self.s = settings
-        self.r = client
+        self.settings = settings
+        self.redis = client
         self.keys = keys
         self.store = ArtifactStore(settings.models_dir / "bandit", "bandit")
         self.dir = self.store.root
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def fresh(self) -> VWPolicy:
-        return VWPolicy(vw_config(self.s), version="v0000")
+        return VWPolicy(vw_config(self.settings), version="v0000")
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -111,15 +111,15 @@ class BanditStore:
         """Records that `version` must never serve; if Redis serves it, Redis gets the store's
         serving version instead (or loses the model, so replicas keep what they have)."""
         self.store.refuse(version, report)
-        if self.r is not None and self._redis_field("version") == version:
+        if self.redis is not None and self._redis_field("version") == version:
             replacement = self.store.serving()
             if replacement is not None and replacement != version:
                 self._to_redis(replacement)
             else:
-                self.r.delete(self.keys.bandit_model)
+                self.redis.delete(self.keys.bandit_model)
 
     def _to_redis(self, version: str) -> None:
-        if self.r is None:
+        if self.redis is None:
             return
         manifest = self.store.verify(version)
         data = (self.store.path(version) / self.MODEL_FILE).read_bytes()
@@ -127,7 +127,7 @@ class BanditStore:
         if sha != manifest["files"][self.MODEL_FILE]:
             raise ArtifactError(f"bandit {version}: {self.MODEL_FILE} changed while promoting")
         meta = manifest.get("meta", {})
-        self.r.hset(self.keys.bandit_model, mapping={
+        self.redis.hset(self.keys.bandit_model, mapping={
             "version": version, "model": data, "sha256": sha,
             "last_update_id": str(meta.get("last_update_id", "0-0")),
             "n_learned": str(meta.get("n_learned", 0))})
@@ -135,10 +135,10 @@ class BanditStore:
     # --- reading (ModelSource) -------------------------------------------------------------------
 
     def _redis_field(self, name: str) -> str | None:
-        if self.r is None:
+        if self.redis is None:
             return None
         try:
-            raw = self.r.hget(self.keys.bandit_model, name)
+            raw = self.redis.hget(self.keys.bandit_model, name)
         except (redis.RedisError, OSError):
             return None
         return raw.decode() if raw is not None else None
@@ -158,9 +158,9 @@ class BanditStore:
         """A verified policy and its meta (last_update_id, n_learned): from Redis when it holds
         this version with a matching sha256, else from the store's verified files."""
         problems = []
-        if self.r is not None:
+        if self.redis is not None:
             try:
-                got = self.r.hmget(self.keys.bandit_model, ["version", "model", "sha256", "last_update_id",
+                got = self.redis.hmget(self.keys.bandit_model, ["version", "model", "sha256", "last_update_id",
                                                             "n_learned"])
             except (redis.RedisError, OSError) as exc:
                 got = [None] * 5
@@ -186,7 +186,7 @@ class BanditStore:
 
     def _policy(self, data: bytes, version: str, where: str) -> VWPolicy:
         try:
-            return VWPolicy.from_bytes(data, vw_config(self.s), version=version)
+            return VWPolicy.from_bytes(data, vw_config(self.settings), version=version)
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"bandit {version} from {where}: VW cannot load it: {exc}") from exc
 
@@ -379,7 +379,7 @@ class Runtime:
 
     def _swap_xr(self, model: Retriever) -> None:
         # Retrievers are read per search from this dict, so one assignment swaps the model.
-        self.pipeline.p.retrievers["xr"] = model
+        self.pipeline.parts.retrievers["xr"] = model
 
     def xr_version(self) -> str | None:
         return self.xr.version
