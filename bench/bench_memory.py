@@ -1,7 +1,10 @@
 """Redis memory per search (issue: reliability, item 9), on a private copy of a README-built data
 dir with default settings: `used_memory` before and after N searches (the live decisions), then
-after their reward (what the feedback window keeps), then after the learner's checkpoints (what
-the bandit's updates stream keeps). docs/capacity.md quotes these.
+after their reward, then after the learner's checkpoints (which trim the bandit's updates stream);
+plus MEMORY USAGE of sampled decision and served keys and of the stream. What stays per search for
+the feedback window is the served key and the click memory's impressions of the search (Q2E
+statistics for each shown (query, track) pair, permanent and decayed); the stream is bounded by
+checkpoints, not by searches. docs/capacity.md quotes these.
 
     python -m bench.bench_memory [--searches 2000] [--quick]
 """
@@ -39,11 +42,17 @@ def run(n: int) -> dict[str, object]:
         def used() -> int:
             return int(r.info("memory")["used_memory"])
 
+        def sampled(pattern: str, k: int = 200) -> float:
+            keys = [key for _, key in zip(range(k), r.scan_iter(match=pattern, count=1000), strict=False)]
+            return sum(int(r.memory_usage(key) or 0) for key in keys) / len(keys) if keys else float("nan")
+
         queries = query_mix(n, seed=3)
         base = used()
         for q in queries:
             rt.pipeline.search(q, 20)
         live = used() - base
+        decision_key = sampled(f"{rt.keys.prefix}:decision:*")
+        served_key = sampled(f"{rt.keys.prefix}:served:*")
         swept = 0
         while swept < n:
             got = worker.sweep(time.time() + settings.reward.wait_s + 1)
@@ -55,11 +64,14 @@ def run(n: int) -> dict[str, object]:
         while worker.learner.step(count=200):
             worker.learner.checkpoint(force=True)
         learned = used() - base
+        stream = int(r.memory_usage(rt.keys.bandit_updates) or 0)
         worker.training_log.close()
         return {"searches": n, "limit": 20, "rewarded": swept,
                 "bytes_per_search_live": live / n, "bytes_per_search_after_reward": rewarded / n,
                 "bytes_per_search_after_checkpoints": learned / n,
-                "updates_stream_len": int(r.xlen(rt.keys.bandit_updates)),
+                "decision_key_bytes": decision_key, "served_key_bytes": served_key,
+                "updates_stream_len": int(r.xlen(rt.keys.bandit_updates)), "updates_stream_bytes": stream,
+                "bytes_per_search_after_checkpoints_without_stream": (learned - stream) / n,
                 "settings": {"reward_wait_s": settings.reward.wait_s, "decision_grace_s": settings.decision_grace_s,
                              "decision_ttl_s": settings.decision_ttl_s}}
     finally:

@@ -3,6 +3,7 @@ which run), then one section per benchmark. Missing results say "not measured"."
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 from collections.abc import Callable
@@ -32,7 +33,9 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {
 
 def staleness(name: str, r: dict[str, Any]) -> str | None:
     """None when the code a result measured is the current code; else why not. A figure from
-    older code stays visible (it is history) but never counts as a target met."""
+    older code stays visible (it is history) but never counts as a target met. Python files whose
+    syntax trees are equal once docstrings are removed count as unchanged (a reworded docstring
+    cannot change a number); any other difference, in code or in any other file, makes it stale."""
     commit = get(r, "machine/commit")
     if not commit or get(r, "machine/dirty"):
         return "measured on uncommitted code"
@@ -41,13 +44,40 @@ def staleness(name: str, r: dict[str, Any]) -> str | None:
     paths = [*MEASURED_CODE.get(bench, PRODUCT_CODE), "bench/common.py",
              *([bench_file] if (ROOT / bench_file).exists() else [])]
     try:
-        changed = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *paths], cwd=ROOT,
-                                 capture_output=True).returncode
+        out = subprocess.run(["git", "diff", "--name-only", "--no-renames", commit, "HEAD", "--", *paths], cwd=ROOT,
+                             capture_output=True, text=True)
     except OSError:
         return None  # no git here: nothing to compare against
-    if changed == 0:
-        return None
-    return f"stale: the code changed since {commit}" if changed == 1 else f"commit {commit} unknown here"
+    if out.returncode != 0:
+        return f"commit {commit} unknown here"
+    changed = [f for f in out.stdout.splitlines() if f and not _same_code(commit, f)]
+    return f"stale: the code changed since {commit} ({changed[0]}{' …' if len(changed) > 1 else ''})" \
+        if changed else None
+
+
+def _same_code(commit: str, path: str) -> bool:
+    """Whether a Python file differs from its version at `commit` only in docstrings."""
+    if not path.endswith(".py"):
+        return False
+    old = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, text=True)
+    new = ROOT / path
+    if old.returncode != 0 or not new.exists():
+        return False  # added or removed
+    try:
+        return _code_only(old.stdout) == _code_only(new.read_text())
+    except SyntaxError:
+        return False
+
+
+def _code_only(source: str) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def get(d: Any, path: str) -> Any:

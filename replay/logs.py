@@ -12,6 +12,9 @@ Two on-disk formats (documented with examples in docs/logged-data-format.md):
 Both become one `BanditLog`: dense `(n, n_actions)` arrays over the union of all action keys in
 the file, so estimators can stay vectorised. Actions a record could not take have availability
 False and logging probability 0.
+
+Why one module of this size: both readers must produce exactly the same `BanditLog` layout, and
+the writer is their inverse; keeping them beside the dataclass keeps the format in one place.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ loads it with refresh off and no replicas (fast, and no half-built index is ever
 restores refresh/replicas, then moves the alias in ONE `_aliases` call (readers see either the
 old or the new index, never none) and only then deletes the previous index. A failed rebuild
 deletes its own partial index and leaves the alias, and therefore serving, untouched.
+
+Why one module of this size: the lexical and the k-NN retriever share every piece here (settings,
+client, retries, the rebuild protocol), and the rebuild's steps only make sense read together.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ and the user's taste for the track's genres.
 Drivers: in-process (SearchPipeline.search, FeedbackIngest.ingest, FeedbackWorker.run_once +
 sweep + BanditLearner.step on the service's real Redis: the fast path, still the whole loop) and
 HTTP (`--url`: GET /search, POST /feedback with X-API-Key from LTRR_API_KEYS).
+
+Why one module of this size: the query generator, the click model and the two drivers share
+one seeded state so that a run is a pure function of (catalog, config, seed); splitting them
+would spread that contract over several files. (Not yet split; a candidate when it grows.)
 """
 
 from __future__ import annotations

@@ -4,7 +4,12 @@ contract; every error is an ErrorResponse with a code, a message and per-field d
 Client input never produces a 5xx: JSON bodies are parsed here with a nesting limit and a check
 for lone surrogates (both used to escape as 500s), and an unexpected exception is answered as a
 500 by the innermost middleware instead of propagating to the server, which would otherwise
-close the client's keep-alive connection."""
+close the client's keep-alive connection.
+
+Why one module of this size: it is the HTTP contract of /search and /feedback in one place (the
+middlewares that keep client input from becoming a 5xx, the error shape, the handlers); the
+suggest and page routes already live in their own routers.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """One search, end to end: context -> bandit action -> chosen retrievers in parallel -> union ->
-LightGBM ranking -> decision record. The only module that knows all the parts."""
+LightGBM ranking -> decision record. The only module that knows all the parts.
+
+Why one module of this size: a search's stages share its state (context, action, union,
+features, pins, the record) and are read in order; the pieces with their own policy live apart
+(retriever deadlines in arm_budgets, Redis state in decision_store, version collapsing in
+recordings, features in ranker.features).
+"""
 
 from __future__ import annotations
 
