@@ -526,9 +526,33 @@ def run(quick: bool = False, ranker: bool = True, progress: bool = True) -> dict
         payload["ranker"] = ranker_part(800 if quick else 3000, 300 if quick else 1000, progress)
     payload["seconds"] = time.perf_counter() - t
     path = write_result("learning", payload)
+    (RESULTS / "learning.md").write_text(pareto_markdown(payload))
     if progress:
         print(f"wrote {path}")
     return payload
+
+
+def pareto_markdown(payload: dict[str, Any]) -> str:
+    """Recall against cost for every policy, over the judged window: a policy is on the Pareto
+    front when no other policy has higher recall at no more milliseconds. The oracles are upper
+    bounds in hindsight, not policies, and are listed apart."""
+    b = payload["bandit"]
+    rows = b["policies"]
+    real = {k: v for k, v in rows.items() if not k.startswith("oracle")}
+    front = {k for k, v in real.items()
+             if not any(o["recall"] > v["recall"] and o["mean_latency_ms"] <= v["mean_latency_ms"]
+                        for n, o in real.items() if n != k)}
+    lines = [f"SIMULATED traffic (pseudo-query templates, `services.offline.simulate`): {b['n_queries']:,} queries, "
+             f"judged on the {b['window']}. Recall is the retrieval reward (spearfish: the wanted track in the "
+             "union; topic: capped recall); ms is the sum of the chosen retrievers' measured single-call "
+             "latencies (bench_learning step 1), not an end-to-end measurement. ★ = on the recall/ms Pareto front.",
+             "", "| policy | recall | spearfish found | topic recall | retrieval ms | arms | net reward | front |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in sorted(rows.items(), key=lambda kv: (kv[0].startswith("oracle"), kv[1]["mean_latency_ms"])):
+        mark = "★" if name in front else ("(bound)" if name.startswith("oracle") else "")
+        lines.append(f"| {name} | {m['recall']:.3f} | {m['target_found']:.3f} | {m['topic_capped_recall']:.3f} | "
+                     f"{m['mean_latency_ms']:.2f} | {m['mean_arms']:.2f} | {m['mean_net_reward']:.4f} | {mark} |")
+    return "\n".join(lines) + "\n"
 
 
 def _print(payload: dict[str, Any]) -> None:
