@@ -428,7 +428,7 @@ class InProcessDriver:
         """Per action: the retrieval hit it would have had (every retriever runs once more)."""
         pipe = self.rt.pipeline
         budget = max(a.budget for a in pipe.actions)
-        found = {name: [c.track_id for c in r.retrieve(q.text, budget)] for name, r in pipe.p.retrievers.items()}
+        found = {name: [c.track_id for c in r.retrieve(q.text, budget)] for name, r in pipe.parts.retrievers.items()}
         out = {}
         for a in pipe.actions:
             union = {t for arm in a.arms for t in found.get(arm, [])[: a.budget]}

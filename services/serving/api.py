@@ -410,7 +410,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         ok = runtime.redis_ok()
         worker_dead = runtime.worker is not None and not runtime.worker_alive()
         body = Health(status="ok" if ok and not worker_dead else "degraded", redis=ok,
-                      catalog_tracks=len(runtime.catalog), retrievers=sorted(runtime.pipeline.p.retrievers),
+                      catalog_tracks=len(runtime.catalog), retrievers=sorted(runtime.pipeline.parts.retrievers),
                       bandit_version=runtime.policy.version, ranker_version=runtime.ranker.version,
                       worker=runtime.worker_alive(), trainer=runtime.trainer_alive(),
                       models=runtime.model_status())
