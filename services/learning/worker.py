@@ -6,9 +6,10 @@ double counts:
 
 * per event (Lua, SET NX on the event id): counts, the search's event list, the user's genre
   affinity; Q2E statistics (its own Lua, idempotent by event id as well);
-* per search, once (Lua, SET NX on the search id): when its reward wait ends (logged.rewards:
-  the same wait for every search, acted on or not), the decision with every event of the wait and
-  its reward is appended to the durable `bandit:updates` stream.
+* per search, once (services.decision_store: the search leaves `pending` in the same Lua step):
+  when its reward wait ends (logged.rewards: the same wait for every search, acted on or not), the
+  decision with every event of the wait and its reward is appended to the durable
+  `bandit:updates` stream, and the decision is freed.
 
 The bandit model is a deterministic consumer of `bandit:updates`: its checkpoint stores the last
 update id it includes, and a restarted learner replays from there. Exactly one worker learns at a
