@@ -6,7 +6,8 @@ It serves a private copy of a data dir built exactly as the README's first comma
 (`ltrr index build` + `ltrr train coldstart`, default settings: bench_clicks' base), so the
 numbers are a new deployment's. Per phase it reports requests/s, latency percentiles, errors and
 non-2xx answers, and from /metrics the share of searches that lost a retriever to its deadline
-(services.serving.arm_budgets) and the deadlines in force at the end.
+(services.serving.arm_budgets), the deadlines in force at the end, and the share of searches shed
+to the cheapest retriever or refused with 503 by admission control (services.serving.admission).
 
     python -m bench.bench_load [--quick]
 """
@@ -67,7 +68,8 @@ def scrape(base: str) -> dict[str, float]:
     """The counters a phase is judged by, summed over labels."""
     text = httpx.get(base + "/metrics", timeout=10).text
     out: dict[str, float] = {}
-    for name in ("ltrr_bandit_actions_total", "ltrr_searches_degraded_total"):
+    for name in ("ltrr_bandit_actions_total", "ltrr_searches_degraded_total", "ltrr_searches_shed_total",
+                 "ltrr_searches_rejected_total"):
         out[name] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
     out["timeouts"] = sum(float(v) for v in re.findall(
         r'^ltrr_retriever_failures_total{[^}]*reason="timeout"[^}]*} ([0-9.e+]+)$', text, re.M))
@@ -85,6 +87,12 @@ def phase(base: str, script: Path, seconds: int, conns: int) -> dict[str, object
     degraded = after["ltrr_searches_degraded_total"] - before["ltrr_searches_degraded_total"]
     res.update({"searches": int(searches), "searches_degraded": int(degraded),
                 "degraded_share": degraded / searches if searches else float("nan"),
+                # Shed: answered by the cheapest good retriever alone because the queue was long
+                # (services.serving.admission); rejected: 503 because it was full.
+                "shed_share": (after["ltrr_searches_shed_total"] - before["ltrr_searches_shed_total"]) / searches
+                if searches else float("nan"),
+                "searches_rejected": int(after["ltrr_searches_rejected_total"]
+                                         - before["ltrr_searches_rejected_total"]),
                 "retriever_timeouts": int(after["timeouts"] - before["timeouts"]),
                 "deadlines_ms": {k.removeprefix("deadline_ms_"): v for k, v in after.items()
                                  if k.startswith("deadline_ms_")}})
@@ -117,7 +125,9 @@ def run(quick: bool = False) -> dict[str, object]:
                 "requests_per_s": sum(float(p["requests_per_s"]) for p in soak_parts) / len(soak_parts),
                 "non_2xx": sum(int(p["non_2xx"]) for p in soak_parts),
                 "socket_errors": sum(int(p["socket_errors"]) for p in soak_parts),
-                "degraded_share": sum(int(p["searches_degraded"]) for p in soak_parts) / n if n else float("nan")}
+                "degraded_share": sum(int(p["searches_degraded"]) for p in soak_parts) / n if n else float("nan"),
+                "shed_share": sum(float(p["shed_share"]) * int(p["searches"]) for p in soak_parts) / n
+                if n else float("nan")}
         half = curve[len(curve) // 2]["rss_mb"]
         res = {"data_dir": "README-built, default settings (bench_clicks base), private copy",
                "mix": "80% GET /search, 20% POST /feedback (batches of 10 events)",

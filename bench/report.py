@@ -169,6 +169,9 @@ TARGETS: list[Target] = [
      "load_16_connections/degraded_share", lambda v: True),
     ("searches that lost a retriever to its deadline, 50 connections", "(no target)", "load",
      "load_50_connections/degraded_share", lambda v: True),
+    ("searches shed to the cheapest retriever (queue long), 16 / 50 connections", "(no target)", "load",
+     lambda r: f"{get(r, 'load_16_connections/shed_share'):.3f} / {get(r, 'load_50_connections/shed_share'):.3f}"
+     if get(r, "load_50_connections/shed_share") is not None else None, lambda v: True),
     ("server RSS growth over the soak's second half (MB)", "(no target)", "load", "rss_growth_second_half_mb",
      lambda v: True),
     ("Redis bytes per search while its reward is open", "(no target)", "memory", "bytes_per_search_live",

@@ -43,10 +43,18 @@ class Settings(BaseModel):
     shadow: bool = False  # run every retriever, serve the default policy, learn full-information
     default_arms: tuple[str, ...] = ("lexical", "dense")  # the fixed policy served in shadow mode / fallback
     # Each retriever's deadline is retriever_deadline_factor x its measured p95, at least the floor,
-    # at most retriever_timeout_ms (services.serving.arm_budgets has the whole policy).
+    # at most retriever_timeout_ms (services.serving.arm_budgets has the whole policy). 3x / 20 ms
+    # dropped 0.29% of arm runs on a busy 2-core machine where 4x / 40 ms dropped none
+    # (BENCHMARKS.md, "Retriever deadlines"); a hanging arm is still cut at 40 ms, not 80.
     retriever_timeout_ms: float = Field(default=80.0, gt=0)
-    retriever_deadline_factor: float = Field(default=3.0, gt=0)
-    retriever_deadline_floor_ms: float = Field(default=20.0, ge=0)
+    retriever_deadline_factor: float = Field(default=4.0, gt=0)
+    retriever_deadline_floor_ms: float = Field(default=40.0, ge=0)
+    # Admission control for /search (services.serving.admission): this many run at once per
+    # process, the rest wait; one that starts with shed_queue or more still waiting runs only the
+    # cheapest good retriever; one that arrives to search_queue waiting gets 503 + Retry-After.
+    max_active_searches: int = Field(default=4, ge=1, le=256)
+    search_queue: int = Field(default=256, ge=0, le=100_000)
+    shed_queue: int = Field(default=32, ge=0)  # above search_queue: never shed
     rerank_depth: int = Field(default=200, ge=10, le=2000)  # union size the ranker scores
     # Query encoder precision for the embedded dense arm. int8 measured 2.5x faster than fp32 with
     # the same quality (SciFact nDCG@10 0.647 vs 0.645, dev playlists 0.078 vs 0.078; bench_dense);

@@ -22,6 +22,11 @@ RETRIEVER_DEADLINE = Gauge("ltrr_retriever_deadline_seconds",
                            multiprocess_mode="liveall")
 SEARCHES_DEGRADED = Counter("ltrr_searches_degraded_total",
                             "searches that lost at least one retriever to a timeout or an error")
+SEARCHES_SHED = Counter("ltrr_searches_shed_total",
+                        "searches answered by the cheapest good retriever alone because the queue was long "
+                        "(services.serving.admission)")
+SEARCHES_REJECTED = Counter("ltrr_searches_rejected_total", "searches refused with 503: the wait queue was full")
+SEARCHES_WAITING = Gauge("ltrr_searches_waiting", "searches waiting for a slot", multiprocess_mode="livesum")
 ARM_CHOICES = Counter("ltrr_bandit_actions_total", "bandit decisions per action", ["action"])
 REWARDS = Counter("ltrr_bandit_reward_total", "sum of rewards the bandit learned from", ["action"])
 REWARDED = Counter("ltrr_bandit_updates_total", "decisions the bandit learned from", ["action"])

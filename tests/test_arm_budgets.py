@@ -14,7 +14,7 @@ def test_the_cap_holds_until_an_arm_is_measured() -> None:
         b.observe("dense", 5.0, found=True)
     assert b.deadline_ms("dense") == 80.0 and b.deadline_ms("never-ran") == 80.0
     b.observe("dense", 5.0, found=True)
-    assert b.deadline_ms("dense") == 20.0  # 3 x 5 ms is below the 20 ms floor
+    assert b.deadline_ms("dense") == 40.0  # 4 x 5 ms is below the default 40 ms floor
 
 
 def test_the_deadline_is_a_multiple_of_the_p95_between_floor_and_cap() -> None:

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from services import metrics
+from services.serving.admission import Overloaded, SearchAdmission
 from services.serving.api_models import (
     LOCALE_PATTERN,
     MAX_QUERY_CHARS,
@@ -105,7 +106,8 @@ ERRORS: dict[int, dict[str, Any]] = {
     415: {"model": ErrorResponse, "description": "the body must be sent as Content-Type: application/json"},
     422: {"model": ErrorResponse, "description": "invalid request; details name each field"},
     500: {"model": ErrorResponse, "description": "internal error (logged; no internals in the body)"},
-    503: {"model": ErrorResponse, "description": "Redis unreachable; retry after Retry-After seconds",
+    503: {"model": ErrorResponse, "description": "unavailable (feedback: Redis unreachable; search: the "
+                                                "wait queue is full); retry after Retry-After seconds",
           "headers": _RETRY_AFTER},
 }
 
@@ -295,11 +297,21 @@ def create_app(runtime: Runtime) -> FastAPI:
     def search_key(request: Request) -> None:
         _check_key(request, s.search_requires_key)
 
-    def _do_search(req: SearchRequest) -> SearchResponse:
+    admission = SearchAdmission(s.max_active_searches, s.search_queue, s.shed_queue)
+
+    async def _admitted_search(req: SearchRequest) -> SearchResponse:
+        try:
+            async with admission.admit() as shed:
+                return await _in_thread(_do_search, req, shed)
+        except Overloaded:
+            raise ApiError(503, "overloaded", f"{admission.waiting} searches are waiting; retry shortly",
+                           headers={"Retry-After": "1"}) from None
+
+    def _do_search(req: SearchRequest, shed: bool = False) -> SearchResponse:
         out = runtime.pipeline.search(req.q, req.limit, user_id=req.user_id, session_id=req.session_id,
                                       locale=req.context.locale, device=req.context.device,
                                       ts=req.context.timestamp, analytics=req.analytics,
-                                      collapse_versions=req.collapse)
+                                      collapse_versions=req.collapse, shed=shed)
         cat = runtime.catalog
         hits = []
         names = out.record.feature_names
@@ -326,11 +338,11 @@ def create_app(runtime: Runtime) -> FastAPI:
                                   "action": out.decision.action.key, "ms": round(out.timings_ms["total"], 2)})
         return SearchResponse(search_id=out.record.search_id, query=req.q, results=hits, debug=debug)
 
-    search_errors = (401, 403, 414, 422, 500)
+    search_errors = (401, 403, 414, 422, 500, 503)
 
     @app.get("/search", response_model=SearchResponse, responses=_responses(*search_errors), tags=["search"],
              dependencies=[Depends(search_key)])
-    def search_get(
+    async def search_get(
         request: Request,
         q: Annotated[str, Query(description="the query: 1-512 characters, not only whitespace, no NUL",
                                 json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS,
@@ -358,12 +370,12 @@ def create_app(runtime: Runtime) -> FastAPI:
                 "context": {k: v for k, v in (("locale", locale), ("device", device)) if v is not None}})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
-        return _do_search(req)
+        return await _admitted_search(req)
 
     @app.post("/search", response_model=SearchResponse, responses=_responses(400, 413, *search_errors),
               tags=["search"], dependencies=[Depends(search_key)])
-    def search_post(req: SearchRequest) -> SearchResponse:
-        return _do_search(req)
+    async def search_post(req: SearchRequest) -> SearchResponse:
+        return await _admitted_search(req)
 
     @app.post("/feedback", status_code=202, response_model=FeedbackAccepted,
               responses=_responses(401, 403, 413, 414, 415, 422, 500, 503), tags=["feedback"],

@@ -25,7 +25,7 @@ import numpy as np
 
 
 class ArmBudgets:
-    def __init__(self, cap_ms: float, *, factor: float = 3.0, floor_ms: float = 20.0, window: int = 256,
+    def __init__(self, cap_ms: float, *, factor: float = 4.0, floor_ms: float = 40.0, window: int = 256,
                  min_samples: int = 32, good_share: float = 0.9):
         if not (cap_ms > 0 and factor > 0 and floor_ms >= 0 and window >= min_samples >= 1):
             raise ValueError("invalid retriever budget settings")

@@ -10,7 +10,6 @@ recordings, features in ranker.features).
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 import uuid
@@ -121,11 +120,12 @@ class SearchPipeline:
     # ---------------------------------------------------------------------------------------
     def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
                locale: str | None = None, device: str | None = None, ts: float | None = None,
-               analytics: bool = True, collapse_versions: bool = True) -> SearchOutcome:
+               analytics: bool = True, collapse_versions: bool = True, shed: bool = False) -> SearchOutcome:
         """One search. `analytics=False` (monitoring probes, evaluations) serves the same results
         but logs nothing: the search cannot receive feedback and teaches no model.
         `collapse_versions` serves one hit per recording (the best-ranked version; the others are
-        listed in `SearchOutcome.versions`)."""
+        listed in `SearchOutcome.versions`). `shed` (services.serving.admission: the queue is
+        long) runs only the cheapest good retriever instead of the bandit's choice."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         now = time.time()
@@ -133,13 +133,20 @@ class SearchPipeline:
         qnorm = normalize(query)
         search_id = uuid.uuid4().hex
 
-        affinity, context = self.context(query, qnorm, user_id=user_id, ts=ts, locale=locale, device=device)
+        affinity, context, q2e_known = self._context(query, qnorm, user_id=user_id, ts=ts, locale=locale,
+                                                     device=device)
         remembered, memory = self._memory(qnorm, now)
         timings["context"] = _ms(t0)
 
         t = time.perf_counter()
         policy = self.parts.policy.current()
-        if self.settings.shadow:
+        shed_policy = self._shed_policy() if shed else None
+        if shed_policy is not None:
+            # Logged as what ran, with propensity 1: a fixed-policy search the bandit and the
+            # replay estimators read like any other, not the bandit's choice left unrun.
+            decision = shed_policy.decide(context, self.actions)
+            run_arms, budget = decision.action.arms, decision.action.budget
+        elif self.settings.shadow:
             # Users see the default policy's result; every retriever runs so the bandit can learn
             # the reward of every subset (full information) without changing what is served.
             decision = self.default_policy.decide(context, self.actions)
@@ -154,8 +161,8 @@ class SearchPipeline:
         t = time.perf_counter()
         results, failed, per_ms, deadlines = self._retrieve(query, run_arms, budget)
         served_arms = decision.action.arms
-        fallback = self.budgets.cheapest_good(self.parts.retrievers, self.fallback_arm)
-        if not any(results.get(a) for a in served_arms) and fallback not in run_arms:
+        if not any(results.get(a) for a in served_arms) and (
+                fallback := self.budgets.cheapest_good(self.parts.retrievers, self.fallback_arm)) not in run_arms:
             # Every chosen retriever failed, timed out or found nothing (Q2E has no memory of a new
             # query, XR knows none of its n-grams): answer from the cheapest good arm rather than
             # with nothing (services.serving.arm_budgets). Its candidates are logged under its own name and
@@ -181,7 +188,7 @@ class SearchPipeline:
         head = set(union_ids[: self.settings.rerank_depth])
         union_ids += [tid for tid in remembered if tid not in head]
         ids, feats = self.featurize(qnorm, query, union_ids, results, affinity, served_arms,
-                                    keep=set(remembered))
+                                    keep=set(remembered), q2e_known=q2e_known)
         scores, order = self.score(feats, ids, results, served_arms)
         order = _pin(order, ids, memory)
         versions: dict[str, list[str]] = {}
@@ -210,8 +217,10 @@ class SearchPipeline:
         record = DecisionRecord(
             search_id=search_id, ts=ts, query=query, query_norm=qnorm, user_id=user_id, session_id=session_id,
             locale=locale, device=device, context=context,
-            policy=(f"shadow({policy_name(policy)})" if self.settings.shadow else policy_name(policy)),
-            bandit_version=getattr(policy, "version", None), ranker_version=self.parts.ranker.version,
+            policy=(shed_policy.name if shed_policy is not None
+                    else f"shadow({policy_name(policy)})" if self.settings.shadow else policy_name(policy)),
+            bandit_version=None if shed_policy is not None else getattr(policy, "version", None),
+            ranker_version=self.parts.ranker.version,
             actions=self.action_records, probabilities=[float(p) for p in decision.probabilities],
             chosen=decision.chosen, propensity=float(decision.propensity), shadow=self.settings.shadow,
             candidates={a: [c.track_id for c in results[a]] for a in results}, failed=failed,
@@ -231,6 +240,16 @@ class SearchPipeline:
                              timings_ms=timings, decision=decision, features=feature_rows, context=context,
                              versions=versions, deadlines_ms=deadlines)
 
+    def _shed_policy(self) -> FixedPolicy | None:
+        """The cheapest good arm alone, at the smallest budget; None if no action runs it alone."""
+        arm = self.budgets.cheapest_good(self.parts.retrievers, self.fallback_arm)
+        budget = min((a.budget for a in self.actions if a.arms == (arm,)), default=None)
+        if budget is None:
+            return None
+        fixed = FixedPolicy((arm,), budget)
+        fixed.name = f"shed:{arm}"
+        return fixed
+
     def warm_up(self) -> None:
         """First calls pay for lazy loading (ONNX session, tantivy searcher, Lua scripts): make
         them here so the first user search does not time out its retrievers."""
@@ -244,18 +263,25 @@ class SearchPipeline:
     def context(self, query: str, qnorm: str, *, user_id: str | None = None, ts: float | None = None,
                 locale: str | None = None, device: str | None = None) -> tuple[dict[str, float] | None, dict]:
         """(user genre affinity, bandit context features): the same code for serving and training."""
-        affinity, q2e_evidence = self._lookup_state(qnorm, user_id)
+        affinity, ctx, _ = self._context(query, qnorm, user_id=user_id, ts=ts, locale=locale, device=device)
+        return affinity, ctx
+
+    def _context(self, query: str, qnorm: str, *, user_id: str | None, ts: float | None, locale: str | None,
+                 device: str | None) -> tuple[dict[str, float] | None, dict, bool]:
+        """context() and whether the click memory knows the query at all."""
+        affinity, q2e_evidence, known = self._lookup_state(qnorm, user_id)
         ctx = build_context(
             query, tokens=qnorm.split(), vocabulary=self.vocab["all"], artist_words=self.vocab["artist"],
             title_words=self.vocab["title"], genre_words=self.vocab["genre"], q2e_hit=q2e_evidence is not None,
             q2e_evidence=q2e_evidence or 0.0, ts=ts, affinity=affinity, locale=locale, device=device)
-        return affinity, ctx
+        return affinity, ctx, known
 
-    def _lookup_state(self, qnorm: str, user_id: str | None) -> tuple[dict[str, float] | None, float | None]:
-        """User genre affinity and Q2E evidence for the bandit's context. Redis being down costs
-        these features, never the search."""
+    def _lookup_state(self, qnorm: str, user_id: str | None) -> tuple[dict[str, float] | None, float | None, bool]:
+        """User genre affinity, Q2E evidence for the bandit's context, and whether the memory
+        resolves the query at all. Redis being down costs these features, never the search."""
         affinity = None
         evidence = None
+        known = True  # unknown: let featurize ask
         try:
             if user_id and self.redis is not None:
                 raw = self.redis.hgetall(self.keys.user_genres(user_id))
@@ -263,10 +289,11 @@ class SearchPipeline:
             if self.parts.q2e_store is not None:
                 stats = self.parts.q2e_store.stats(qnorm)
                 evidence = _evidence(stats)
+                known = stats.query is not None
         except (redis.RedisError, OSError) as exc:
             metrics.ERRORS.labels(kind="redis_context").inc()
             log.warning("context lookup failed (%s); searching without user/Q2E context", exc)
-        return affinity, evidence
+        return affinity, evidence, known
 
     def _memory(self, qnorm: str, now: float) -> tuple[list[str], list[str]]:
         """What the click memory knows of this exact query: (every track with more positive events
@@ -342,11 +369,13 @@ class SearchPipeline:
 
     def featurize(self, qnorm: str, query: str, union_ids: list[str], results: dict[str, list[Candidate]],
                   affinity: dict[str, float] | None, served_arms: tuple[str, ...],
-                  keep: set[str] | None = None) -> tuple[list[str], np.ndarray]:
+                  keep: set[str] | None = None, q2e_known: bool = True) -> tuple[list[str], np.ndarray]:
         """Ranker feature rows for the union (its first rerank_depth, plus the ids in `keep`), in
         registry order; only served arms' scores count, so training (which calls this too) sees
         what serving sees. Ids unknown to the catalog are dropped (e.g. a model trained on an
-        older catalog)."""
+        older catalog). `q2e_known=False` (the memory does not resolve the query, as for most
+        queries of a new deployment) skips the memory's score lookup, whose answer would be empty:
+        a 200-id script call cost ~3 ms of a 25 ms search."""
         depth = self.settings.rerank_depth
         ids = [tid for i, tid in enumerate(union_ids) if (i < depth or (keep and tid in keep))
                and tid in self.parts.catalog.by_id]
@@ -355,7 +384,7 @@ class SearchPipeline:
         by_arm: dict[str, dict[str, tuple[float, int]]] = {
             a: {c.track_id: (c.score, c.rank) for c in cands} for a, cands in results.items() if a in served_arms}
         dense_cos = self._dense_cosines(query, ids) if "dense" in by_arm else None
-        q2e_scores = self._q2e_scores(qnorm, ids)
+        q2e_scores = self._q2e_scores(qnorm, ids) if q2e_known else None
         cands = []
         for i, tid in enumerate(ids):
             q2e = by_arm.get("q2e", {}).get(tid)
@@ -458,7 +487,12 @@ def _pin(order: list[int], ids: list[str], memory: list[str]) -> list[int]:
 
 
 def _rows(x: np.ndarray) -> list[list[float | None]]:
-    return [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in x.tolist()]
+    """Feature rows for the log: 6 decimals, NaN as null. Rounded by numpy in one call (a
+    per-value round() was 1.5 ms per search); values can differ from round() in the last bit."""
+    r = np.round(x.astype(np.float64), 6).tolist()
+    if not np.isnan(x).any():
+        return r
+    return [[None if v != v else v for v in row] for row in r]
 
 
 def _union(results: Mapping[str, list[Candidate]]) -> list[tuple[str, set[str]]]:
