@@ -59,6 +59,9 @@ class DecisionRecord(BaseModel):
     # ranker's retraining sees what serving ranked low, not only what it showed.
     sampled: list[str] = Field(default_factory=list)
     sampled_features: list[list[float | None]] = Field(default_factory=list)
+    # The request's filters (services.serving.filters.SearchFilters, unset fields left out); every
+    # candidate list above already holds only the tracks they allow. None: unfiltered.
+    filters: dict[str, str | int | float] | None = None
 
 
 class FeedbackEvent(BaseModel):

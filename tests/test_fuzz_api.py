@@ -16,6 +16,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from services.serving.api import create_app
+from services.serving.filters import SearchFilters
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -127,7 +128,24 @@ def _excluded(case) -> list:  # type: ignore[no-untyped-def]
     # every other check (no 5xx, documented statuses, bodies and headers) still runs on it.
     if case.operation.path == "/feedback":
         return [positive_data_acceptance]
+    # Nor can a schema say that a filter's minimum is at most its maximum (year_from <= year_to):
+    # a request with an inverted range is schema-valid and correctly refused with a 422.
+    if case.operation.path == "/search" and _inverted_range(case):
+        return [positive_data_acceptance]
     return []
+
+
+def _inverted_range(case) -> bool:  # type: ignore[no-untyped-def]
+    given = dict(case.query or {})
+    if isinstance(case.body, dict) and isinstance(case.body.get("filters"), dict):
+        given.update(case.body["filters"])
+    for lo, hi in SearchFilters.ranges():
+        try:
+            if given.get(lo) is not None and given.get(hi) is not None and float(given[lo]) > float(given[hi]):
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
 
 
 def test_openapi_contract_holds_for_generated_valid_requests(api_schema) -> None:  # type: ignore[no-untyped-def]

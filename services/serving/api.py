@@ -28,7 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
@@ -50,6 +50,7 @@ from services.serving.api_models import (
     SearchResponse,
 )
 from services.serving.feedback import MAX_FEEDBACK_BATCH, FeedbackBatchIn, FeedbackEventIn, parse_feedback_body
+from services.serving.filters import SearchFilters
 from services.serving.routes_suggest import suggest_router
 from services.serving.routes_ui import ui_router
 
@@ -311,7 +312,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         out = runtime.pipeline.search(req.q, req.limit, user_id=req.user_id, session_id=req.session_id,
                                       locale=req.context.locale, device=req.context.device,
                                       ts=req.context.timestamp, analytics=req.analytics,
-                                      collapse_versions=req.collapse, shed=shed)
+                                      collapse_versions=req.collapse, shed=shed, filters=req.filters,
+                                      facets=req.facets)
         cat = runtime.catalog
         hits = []
         names = out.record.feature_names
@@ -336,7 +338,8 @@ def create_app(runtime: Runtime) -> FastAPI:
                 bandit_version=rec.bandit_version, ranker_version=rec.ranker_version, context=out.context)
         log.info("search", extra={"search_id": out.record.search_id, "q_len": len(req.q),
                                   "action": out.decision.action.key, "ms": round(out.timings_ms["total"], 2)})
-        return SearchResponse(search_id=out.record.search_id, query=req.q, results=hits, debug=debug)
+        return SearchResponse(search_id=out.record.search_id, query=req.q, results=hits, debug=debug,
+                              facets=out.facets)
 
     search_errors = (401, 403, 414, 422, 500, 503)
 
@@ -347,6 +350,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         q: Annotated[str, Query(description="the query: 1-512 characters, not only whitespace, no NUL",
                                 json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS,
                                                    "pattern": QUERY_PATTERN})],
+        filter_params: Annotated[FilterQuery, Query()],
         limit: Annotated[int, Query(ge=1, le=100)] = 10,
         user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
         session_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
@@ -355,7 +359,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         debug: Annotated[bool, Query(description="`true` or `false` (also `1` / `0`)")] = False,
         analytics: Annotated[bool, Query(description="`false`: log nothing, accept no feedback")] = True,
         collapse: Annotated[bool, Query(description="one hit per recording")] = True,
+        facets: Annotated[str | None, Query(max_length=64, pattern=r"^(genre|decade)(,(genre|decade))?$",
+                                            description="comma list: `genre`, `decade`")] = None,
     ) -> SearchResponse:
+        unknown = sorted(set(request.query_params) - GET_SEARCH_PARAMS)
+        if unknown:
+            # A misspelt filter (`yaer_from`) silently ignored would answer an unfiltered search.
+            raise ApiError(422, "validation_error", f"unknown query parameter(s): {', '.join(unknown)}",
+                           [{"field": u, "message": "unknown query parameter"} for u in unknown])
         for flag in ("debug", "analytics", "collapse"):
             raw = request.query_params.get(flag)
             if raw is not None and raw.lower() not in ("true", "false", "1", "0"):
@@ -367,6 +378,8 @@ def create_app(runtime: Runtime) -> FastAPI:
             req = SearchRequest.model_validate({
                 "q": q, "limit": limit, "user_id": user_id, "session_id": session_id, "debug": debug,
                 "analytics": analytics, "collapse": collapse,
+                "filters": filter_params.model_dump(exclude_none=True) or None,
+                "facets": [f.strip() for f in facets.split(",") if f.strip()] if facets else [],
                 "context": {k: v for k, v in (("locale", locale), ("device", device)) if v is not None}})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
@@ -449,6 +462,17 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     _complete_openapi(app)
     return app
+
+
+class FilterQuery(SearchFilters):
+    """SearchFilters as GET /search query parameters (strings converted; every other parameter
+    of the endpoint is its own)."""
+
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+
+GET_SEARCH_PARAMS = frozenset({"q", "limit", "user_id", "session_id", "locale", "device", "debug", "analytics",
+                               "collapse", "facets", *SearchFilters.model_fields})
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from services.serving.filters import Facet, SearchFilters
+
 MAX_QUERY_CHARS = 512
 # What the validators below enforce, stated for the OpenAPI document: some non-whitespace
 # character and no NUL. (Enforced in code rather than as a pydantic pattern so that errors say
@@ -62,6 +64,11 @@ class SearchRequest(BaseModel):
                                                       "probes, evaluations); the search then accepts no feedback "
                                                       "and teaches no model")
     collapse: bool = Field(default=True, description="one hit per recording (other versions in `versions`)")
+    filters: SearchFilters | None = Field(default=None, description="narrow the results; every retriever's "
+                                                                   "candidates are filtered, and a short page is "
+                                                                   "filled from every matching track")
+    facets: list[Facet] = Field(default_factory=list, max_length=2,
+                                description="value counts over the ranked candidates: `genre`, `decade`")
 
     @field_validator("q")
     @classmethod
@@ -116,6 +123,8 @@ class SearchResponse(BaseModel):
     search_id: str = Field(description="name this id in every /feedback event for these results")
     query: str
     results: list[SearchHit]
+    facets: dict[str, dict[str, int]] | None = Field(
+        default=None, description="per requested facet, value -> number of ranked candidates (top 20)")
     debug: DebugInfo | None = None
 
 

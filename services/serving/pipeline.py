@@ -38,10 +38,16 @@ from services.jsonl_log import JsonlWriter
 from services.keys import Keys
 from services.models import ModelHolder
 from services.serving.arm_budgets import ArmBudgets
+from services.serving.filters import CatalogColumns, Facet, SearchFilters
 from services.serving.recordings import collapse, recording_key
 
 log = logging.getLogger(__name__)
 MEMORY_CANDIDATES = 50  # remembered tracks added to the ranked union, at most
+# A filtered search asks each retriever for this many times its budget (at most FILTER_FETCH_MAX)
+# and keeps the allowed tracks; an exact scan of the allowed tracks fills a page that is still short.
+FILTER_OVERFETCH = 5
+FILTER_FETCH_MAX = 500
+FILTER_SCAN = "filter"  # the scan's name in the record's candidates and in a hit's `retrievers`
 
 
 class SearchActivity(Protocol):
@@ -72,6 +78,7 @@ class SearchOutcome:
     context: dict[str, float] = field(default_factory=dict)
     versions: dict[str, list[str]] = field(default_factory=dict)  # served id -> other versions of its recording
     deadlines_ms: dict[str, float] = field(default_factory=dict)  # how long each run retriever was given
+    facets: dict[str, dict[str, int]] | None = None  # value counts over the ranked candidates
 
 
 @dataclass
@@ -116,17 +123,22 @@ class SearchPipeline:
         self._rng = random.Random(0)
         self.recording_of = {t.track_id: recording_key(t.title, t.artist) for t in parts.catalog.tracks}
         self.popularity_of = {t.track_id: t.popularity / 100.0 for t in parts.catalog.tracks}
+        self.columns = CatalogColumns(parts.catalog.tracks)
 
     # ---------------------------------------------------------------------------------------
     def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
                locale: str | None = None, device: str | None = None, ts: float | None = None,
-               analytics: bool = True, collapse_versions: bool = True, shed: bool = False) -> SearchOutcome:
+               analytics: bool = True, collapse_versions: bool = True, shed: bool = False,
+               filters: SearchFilters | None = None, facets: Sequence[Facet] = ()) -> SearchOutcome:
         """One search. `analytics=False` (monitoring probes, evaluations) serves the same results
         but logs nothing: the search cannot receive feedback and teaches no model.
         `collapse_versions` serves one hit per recording (the best-ranked version; the others are
         listed in `SearchOutcome.versions`). `shed` (services.serving.admission: the queue is
-        long) runs only the cheapest good retriever instead of the bandit's choice."""
+        long) runs only the cheapest good retriever instead of the bandit's choice. `filters`
+        narrow every candidate list to the tracks they allow (services.serving.filters); `facets`
+        are counted over the ranked candidates."""
         t0 = time.perf_counter()
+        mask = self.columns.mask(filters) if filters is not None and not filters.empty else None
         timings: dict[str, float] = {}
         now = time.time()
         ts = ts if ts is not None else now
@@ -136,6 +148,8 @@ class SearchPipeline:
         affinity, context, q2e_known = self._context(query, qnorm, user_id=user_id, ts=ts, locale=locale,
                                                      device=device)
         remembered, memory = self._memory(qnorm, now)
+        if mask is not None:
+            remembered, memory = self._allowed(remembered, mask), self._allowed(memory, mask)
         timings["context"] = _ms(t0)
 
         t = time.perf_counter()
@@ -159,7 +173,10 @@ class SearchPipeline:
         metrics.ARM_CHOICES.labels(action=decision.action.key).inc()
 
         t = time.perf_counter()
-        results, failed, per_ms, deadlines = self._retrieve(query, run_arms, budget)
+        fetch = budget if mask is None else min(budget * FILTER_OVERFETCH, max(FILTER_FETCH_MAX, budget))
+        results, failed, per_ms, deadlines = self._retrieve(query, run_arms, fetch)
+        if mask is not None:
+            results = {a: self._filtered(cands, mask, budget) for a, cands in results.items()}
         served_arms = decision.action.arms
         if not any(results.get(a) for a in served_arms) and (
                 fallback := self.budgets.cheapest_good(self.parts.retrievers, self.fallback_arm)) not in run_arms:
@@ -168,12 +185,19 @@ class SearchPipeline:
             # with nothing (services.serving.arm_budgets). Its candidates are logged under its own name and
             # the bandit is rewarded only for items its chosen arms found, so the empty choice
             # earns 0 and is learned as such.
-            more, more_failed, more_ms, more_deadlines = self._retrieve(query, (fallback,), budget)
+            more, more_failed, more_ms, more_deadlines = self._retrieve(query, (fallback,), fetch)
+            if mask is not None:
+                more = {a: self._filtered(cands, mask, budget) for a, cands in more.items()}
             results.update(more)
             failed += more_failed
             per_ms.update(more_ms)
             deadlines.update(more_deadlines)
             served_arms = (*served_arms, fallback)
+        if mask is not None and len({c.track_id for a in served_arms for c in results.get(a, ())}) < limit:
+            # Too few allowed tracks among what the retrievers found: add the best allowed ones by
+            # an exact scan, so a filter that matches tracks never yields a short or empty page.
+            results[FILTER_SCAN] = self._filter_scan(query, mask, budget)
+            served_arms = (*served_arms, FILTER_SCAN)
         if failed:
             metrics.SEARCHES_DEGRADED.inc()
         timings["retrieve"] = _ms(t)
@@ -200,6 +224,7 @@ class SearchPipeline:
             pos = {tid: i for i, tid in enumerate(ids)}
             versions = {rep: others for rep, others in groups[:limit] if others}
             order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
+        facet_counts = self.columns.facets(ids, facets) if facets else None
         timings["rank"] = _ms(t)
         t = time.perf_counter()
         top = order[:limit]
@@ -227,6 +252,7 @@ class SearchPipeline:
             retriever_ms=per_ms, served=served, feature_names=self.registry.names,
             features=_rows(feature_rows) if feature_rows is not None else [], memory=pinned,
             sampled=[ids[i] for i in sampled], sampled_features=_rows(feats[sampled]) if sampled else [],
+            filters=filters.model_dump(exclude_none=True) if mask is not None and filters is not None else None,
         )
         timings["record"] = _ms(t)
         t = time.perf_counter()
@@ -238,7 +264,35 @@ class SearchPipeline:
             metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
         return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
                              timings_ms=timings, decision=decision, features=feature_rows, context=context,
-                             versions=versions, deadlines_ms=deadlines)
+                             versions=versions, deadlines_ms=deadlines, facets=facet_counts)
+
+    def _allowed(self, track_ids: list[str], mask: np.ndarray) -> list[str]:
+        return [t for t, ok in zip(track_ids, self.columns.allowed(mask, track_ids), strict=True) if ok]
+
+    def _filtered(self, cands: list[Candidate], mask: np.ndarray, k: int) -> list[Candidate]:
+        """The allowed candidates, best `k`, ranked 1.. again (rank features then read as usual)."""
+        kept = [c for c, ok in zip(cands, self.columns.allowed(mask, [c.track_id for c in cands]), strict=True)
+                if ok][:k]
+        return [Candidate(track_id=c.track_id, score=c.score, rank=r) for r, c in enumerate(kept, start=1)]
+
+    def _filter_scan(self, query: str, mask: np.ndarray, k: int) -> list[Candidate]:
+        """The `k` best allowed tracks: by cosine to the query over every allowed track when a dense
+        arm exists (an exact filtered vector search), by popularity otherwise."""
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            return []
+        ids = [self.columns.ids[r] for r in rows.tolist()]
+        score = self.columns.popularity[rows].astype(np.float32) / 100.0
+        dense = self.parts.dense
+        if dense is not None:
+            try:
+                sims = np.asarray(dense.similarity(dense.encode_query(query), ids), dtype=np.float32)
+                # Popularity only breaks ties and ranks tracks without a vector (cosine NaN).
+                score = np.where(np.isnan(sims), score - 2.0, sims + 1e-3 * score)
+            except Exception as exc:  # the scan still answers, by popularity
+                log.warning("dense scan of a filter failed: %r", exc)
+        top = np.argsort(-score, kind="stable")[:k]
+        return [Candidate(track_id=ids[i], score=float(score[i]), rank=r) for r, i in enumerate(top.tolist(), start=1)]
 
     def _shed_policy(self) -> FixedPolicy | None:
         """The cheapest good arm alone, at the smallest budget; None if no action runs it alone."""
