@@ -58,9 +58,11 @@ def test_the_filters_are_logged_with_the_decision(api) -> None:
     rt, _ = api
     out = rt.pipeline.search("love songs", 10, analytics=False, filters=SearchFilters(genre="pop", year_from=2010))
     assert out.record.filters == {"genre": "pop", "year_from": 2010}
+    assert out.record.context["filtered"] == 1.0 and 0 < out.record.context["filter_share"] < 1  # the bandit sees it
     for cands in out.record.candidates.values():
         assert all("pop" in rt.catalog.by_id[t].genres and rt.catalog.by_id[t].year >= 2010 for t in cands)
-    assert rt.pipeline.search("love songs", 10, analytics=False).record.filters is None
+    plain = rt.pipeline.search("love songs", 10, analytics=False).record
+    assert plain.filters is None and "filtered" not in plain.context
 
 
 def test_facets_count_the_ranked_candidates(api) -> None:

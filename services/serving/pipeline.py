@@ -150,6 +150,10 @@ class SearchPipeline:
         remembered, memory = self._memory(qnorm, now)
         if mask is not None:
             remembered, memory = self._allowed(remembered, mask), self._allowed(memory, mask)
+            # The bandit sees a filter: a narrow one may favour arms that search deep (or the
+            # scan), which it can learn only if the context says so. Unfiltered searches carry
+            # neither key, so their contexts (and the cold-start models) are unchanged.
+            context = {**context, "filtered": 1.0, "filter_share": round(float(mask.mean()), 4)}
         timings["context"] = _ms(t0)
 
         t = time.perf_counter()
@@ -193,7 +197,8 @@ class SearchPipeline:
             per_ms.update(more_ms)
             deadlines.update(more_deadlines)
             served_arms = (*served_arms, fallback)
-        if mask is not None and len({c.track_id for a in served_arms for c in results.get(a, ())}) < limit:
+        found = {c.track_id for a in served_arms for c in results.get(a, ())}
+        if mask is not None and len({self.recording_of[t] for t in found} if collapse_versions else found) < limit:
             # Too few allowed tracks among what the retrievers found: add the best allowed ones by
             # an exact scan, so a filter that matches tracks never yields a short or empty page.
             results[FILTER_SCAN] = self._filter_scan(query, mask, budget)
