@@ -53,6 +53,7 @@ def run(n: int) -> dict[str, object]:
         live = used() - base
         decision_key = sampled(f"{rt.keys.prefix}:decision:*")
         served_key = sampled(f"{rt.keys.prefix}:served:*")
+        ranked_key = sampled(f"{rt.keys.prefix}:ranked:*")
         swept = 0
         while swept < n:
             got = worker.sweep(time.time() + settings.reward.wait_s + 1)
@@ -70,10 +71,12 @@ def run(n: int) -> dict[str, object]:
                 "bytes_per_search_live": live / n, "bytes_per_search_after_reward": rewarded / n,
                 "bytes_per_search_after_checkpoints": learned / n,
                 "decision_key_bytes": decision_key, "served_key_bytes": served_key,
+                "ranked_key_bytes": ranked_key,
                 "updates_stream_len": int(r.xlen(rt.keys.bandit_updates)), "updates_stream_bytes": stream,
                 "bytes_per_search_after_checkpoints_without_stream": (learned - stream) / n,
                 "settings": {"reward_wait_s": settings.reward.wait_s, "decision_grace_s": settings.decision_grace_s,
-                             "decision_ttl_s": settings.decision_ttl_s}}
+                             "decision_ttl_s": settings.decision_ttl_s, "page_depth": settings.page_depth,
+                             "page_ttl_s": settings.page_ttl_s}}
     finally:
         rt.close()
         shutil.rmtree(tmp, ignore_errors=True)

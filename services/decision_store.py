@@ -8,7 +8,11 @@ ingest and the worker.
                  holds (search rate x reward wait) of them, not (search rate x feedback window).
   served:<id>    {"ts", "q", "ids"} (~0.3-0.6 kB) for the whole feedback window: validates
                  `/feedback` and tells the click memory which query showed which tracks, also for
-                 events that arrive after the reward.
+                 events that arrive after the reward. `ids` is by absolute position: a later page
+                 writes its tracks at theirs ("" where a position was never shown).
+  ranked:<id>    {"q", "ids", "s", "arms", "by", "v"} (~1-2 kB): the first `page_depth` results
+                 of the search's ranking, kept `page_ttl_s` so later pages are cut from the same
+                 candidate union instead of a new search.
   pending        zset id -> reward deadline. Leaving it (ZREM returning 1) is the once-only mark
                  of a reward, in the same Lua step as the reward's XADD.
 """
@@ -34,14 +38,62 @@ redis.call('HINCRBY', KEYS[5], 'rewarded_searches', 1)
 return 1
 """
 
+# KEYS: served; ARGV: 0-based offset, ids... Writes a later page's ids at their absolute
+# positions, in one step so two pages fetched at once cannot overwrite each other.
+_LUA_SHOW = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local d = cjson.decode(raw)
+local ids = d['ids']
+if type(ids) ~= 'table' then ids = {} end
+local off = tonumber(ARGV[1])
+for i = #ids + 1, off do ids[i] = '' end
+for j = 2, #ARGV do ids[off + j - 1] = ARGV[j] end
+d['ids'] = ids
+redis.call('SET', KEYS[1], cjson.encode(d), 'KEEPTTL')
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Served:
-    """What a search showed: enough to validate its feedback and to teach the click memory."""
+    """What a search showed: enough to validate its feedback and to teach the click memory.
+    `ids` is by position ("" for a position of a later page that was never fetched)."""
 
     ts: float
     query_norm: str
     ids: list[str]
+
+    @property
+    def shown(self) -> list[str]:
+        return [t for t in self.ids if t]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A search's ranking beyond what its first page showed, for later pages."""
+
+    query: str
+    ids: list[str]
+    scores: list[float]
+    found_by: list[list[str]]  # per id: the retrievers that found it
+    versions: dict[str, list[str]]  # id -> other versions of its recording
+
+
+def ranked_value(r: Ranked) -> str:
+    # Retriever sets as bit masks over a short name list: 100 ids x their arms in under 2 kB.
+    arms = sorted({a for by in r.found_by for a in by})
+    bit = {a: 1 << i for i, a in enumerate(arms)}
+    return json.dumps({"q": r.query, "ids": r.ids, "s": [round(x, 4) for x in r.scores], "arms": arms,
+                       "by": [sum(bit[a] for a in by) for by in r.found_by], "v": r.versions},
+                      separators=(",", ":"))
+
+
+def parse_ranked(raw: bytes | str) -> Ranked:
+    d = json.loads(raw)
+    arms = d["arms"]
+    return Ranked(query=d["q"], ids=d["ids"], scores=d["s"],
+                  found_by=[[a for i, a in enumerate(arms) if m >> i & 1] for m in d["by"]], versions=d["v"])
 
 
 def served_value(ts: float, query_norm: str, ids: list[str]) -> str:
@@ -59,7 +111,7 @@ def parse_served(raw: bytes | str) -> Served:
 
 class DecisionStore:
     def __init__(self, client: redis.Redis, keys: Keys, *, feedback_window_s: float, reward_wait_s: float,
-                 grace_s: float, updates_maxlen: int):
+                 grace_s: float, updates_maxlen: int, page_ttl_s: int = 600):
         self.redis = client
         self.keys = keys
         self.feedback_window_s = int(feedback_window_s)
@@ -68,21 +120,39 @@ class DecisionStore:
         # still rewards it; after that it is gone and the search teaches nothing (counted).
         self.decision_ttl_s = int(reward_wait_s + grace_s)
         self.updates_maxlen = updates_maxlen
+        self.page_ttl_s = min(int(page_ttl_s), self.feedback_window_s)
         self._reward = client.register_script(_LUA_REWARD)
+        self._show = client.register_script(_LUA_SHOW)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, keys: Keys, settings: Settings) -> DecisionStore:
         return cls(client, keys, feedback_window_s=settings.decision_ttl_s, reward_wait_s=settings.reward.wait_s,
-                   grace_s=settings.decision_grace_s, updates_maxlen=settings.bandit_updates_maxlen)
+                   grace_s=settings.decision_grace_s, updates_maxlen=settings.bandit_updates_maxlen,
+                   page_ttl_s=settings.page_ttl_s)
 
     # --- written by the pipeline ------------------------------------------------------------
-    def stage(self, pipe: redis.client.Pipeline, record: DecisionRecord, body: str, now: float) -> None:
+    def stage(self, pipe: redis.client.Pipeline, record: DecisionRecord, body: str, now: float,
+              ranked: Ranked | None = None) -> None:
         """Adds one search's keys to `pipe` (the pipeline's single round trip per search)."""
         sid = record.search_id
         pipe.set(self.keys.decision(sid), body, ex=self.decision_ttl_s)
         pipe.set(self.keys.served(sid), served_value(record.ts, record.query_norm, record.served),
                  ex=self.feedback_window_s)
         pipe.zadd(self.keys.pending, {sid: now + self.reward_wait_s})
+        if ranked is not None and self.page_ttl_s > 0:
+            pipe.set(self.keys.ranked(sid), ranked_value(ranked), ex=self.page_ttl_s)
+
+    # --- read and extended by the pages route -------------------------------------------------
+    def ranked(self, search_id: str) -> Ranked | None:
+        raw = self.redis.get(self.keys.ranked(search_id))
+        return parse_ranked(raw) if raw is not None else None
+
+    def show(self, search_id: str, offset: int, ids: list[str]) -> bool:
+        """Records that a later page showed `ids` from position `offset` (0-based): feedback on
+        them is then accepted at their absolute positions. False when the search has expired."""
+        if not ids:
+            return True
+        return bool(self._show(keys=[self.keys.served(search_id)], args=[offset, *ids]))
 
     # --- read by ingest and worker ----------------------------------------------------------
     def served(self, search_ids: Iterable[str]) -> dict[str, Served]:

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 class Keys:
     prefix: str = "ltrr"
 
-    # decision, served, pending: owned by services.decision_store (their lifetimes are there)
+    # decision, served, ranked, pending: owned by services.decision_store (their lifetimes are there)
     def decision(self, search_id: str) -> str:  # full DecisionRecord JSON until the search is rewarded
         return f"{self.prefix}:decision:{search_id}"
 
     def served(self, search_id: str) -> str:  # {ts, query, served ids} for the feedback window
         return f"{self.prefix}:served:{search_id}"
+
+    def ranked(self, search_id: str) -> str:  # the ranked list later pages of the search are cut from
+        return f"{self.prefix}:ranked:{search_id}"
 
     def search_events(self, search_id: str) -> str:  # list of applied event JSON for reward aggregation
         return f"{self.prefix}:events:{search_id}"

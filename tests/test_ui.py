@@ -370,6 +370,20 @@ def test_search_suggest_play_reaches_the_stream_and_the_learning_view(ui):
     assert ev["track_id"] == search["results"][1]["track_id"] and int(ev["position"]) == 2
     assert ev["event_id"] == b.js("window.ltrr.outbox.sent.slice(-1)[0]")
 
+    # "More results": the next page of the same search, numbered on; a play there names position 12.
+    n = len(search["results"])
+    assert b.js("document.getElementById('more').hidden") is False
+    b.click("#more")
+    b.wait(f"document.querySelectorAll('#results li.hit').length > {n}", what="the second page")
+    assert b.js(f"document.querySelector('#results li.hit:nth-child({n + 2}) .pos').innerText") == str(n + 2)
+    paged = b.js("window.ltrr.state.search")
+    b.click(f"#results li.hit:nth-child({n + 2}) button.fb-play")
+    b.wait(f"document.querySelector('#results li.hit:nth-child({n + 2}) button.fb-play').dataset.state === 'sent'",
+           what="play on page 2 delivered")
+    ev2 = _feedback_events(client)[before + 1:]
+    assert len(ev2) == 1 and int(ev2[0]["position"]) == n + 2
+    assert ev2[0]["search_id"] == search["search_id"] and ev2[0]["track_id"] == paged["results"][n + 1]["track_id"]
+
     # The learning view counts the search and the play's reward (see _record_if_pipeline_does_not).
     d = search["debug"]
     action_key = f"{'+'.join(d['action'])}@{d['budget']}"

@@ -180,7 +180,7 @@ class FeedbackWorker:
         pipe.execute()
         if self.q2e is not None and self.settings.learn_q2e:
             for sid in by_search:
-                self.q2e.impressions(served[sid].query_norm, served[sid].ids, sid, ts=served[sid].ts)
+                self.q2e.impressions(served[sid].query_norm, served[sid].shown, sid, ts=served[sid].ts)
             if q2e_events:
                 self.q2e.apply_events(q2e_events)
         # No search is rewarded here: every search waits for the end of its reward wait (sweep),

@@ -51,6 +51,7 @@ from services.serving.api_models import (
 )
 from services.serving.feedback import MAX_FEEDBACK_BATCH, FeedbackBatchIn, FeedbackEventIn, parse_feedback_body
 from services.serving.filters import SearchFilters
+from services.serving.routes_pages import pages_router
 from services.serving.routes_suggest import suggest_router
 from services.serving.routes_ui import ui_router
 
@@ -322,9 +323,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             feats = None
             if req.debug and out.features is not None:
                 feats = {n: (None if v != v else float(v)) for n, v in zip(names, out.features[i], strict=True)}
-            hits.append(SearchHit(track_id=tid, title=t.title, artist=t.artist, album=t.album, genres=list(t.genres),
-                                  year=t.year, score=out.scores[i], retrievers=out.found_by.get(tid, []),
-                                  versions=out.versions.get(tid, []), features=feats))
+            hits.append(SearchHit(track_id=tid, position=i + 1, title=t.title, artist=t.artist, album=t.album,
+                                  genres=list(t.genres), year=t.year, score=out.scores[i],
+                                  retrievers=out.found_by.get(tid, []), versions=out.versions.get(tid, []),
+                                  features=feats))
         debug = None
         if req.debug:
             rec = out.record
@@ -339,7 +341,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         log.info("search", extra={"search_id": out.record.search_id, "q_len": len(req.q),
                                   "action": out.decision.action.key, "ms": round(out.timings_ms["total"], 2)})
         return SearchResponse(search_id=out.record.search_id, query=req.q, results=hits, debug=debug,
-                              facets=out.facets)
+                              facets=out.facets, total=out.total)
 
     search_errors = (401, 403, 414, 422, 500, 503)
 
@@ -458,6 +460,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # --- further routers (suggest, UI, ...) are included here: app.include_router(...) ------
     app.include_router(suggest_router(runtime))  # GET /suggest
+    app.include_router(pages_router(runtime, guard=search_key))  # GET /search/{search_id}: later pages
     app.include_router(ui_router(runtime, stats_guard=search_key))  # the web page, /stats/learning
 
     _complete_openapi(app)

@@ -91,6 +91,8 @@ class SearchRequest(BaseModel):
 
 class SearchHit(BaseModel):
     track_id: str
+    position: int = Field(description="1-based rank within the whole search (pages included): "
+                                      "name it in this hit's /feedback events")
     title: str
     artist: str
     album: str
@@ -123,6 +125,9 @@ class SearchResponse(BaseModel):
     search_id: str = Field(description="name this id in every /feedback event for these results")
     query: str
     results: list[SearchHit]
+    offset: int = Field(default=0, description="position of the first result minus one")
+    total: int = Field(default=0, description="results this search can page through "
+                                              "(GET /search/{search_id}?offset=); 0 when it logs nothing")
     facets: dict[str, dict[str, int]] | None = Field(
         default=None, description="per requested facet, value -> number of ranked candidates (top 20)")
     debug: DebugInfo | None = None

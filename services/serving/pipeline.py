@@ -33,7 +33,7 @@ from retrievers.text import normalize
 from services import metrics
 from services.catalog import Catalog, Track, vocabulary
 from services.config import Settings
-from services.decision_store import DecisionStore
+from services.decision_store import DecisionStore, Ranked
 from services.jsonl_log import JsonlWriter
 from services.keys import Keys
 from services.models import ModelHolder
@@ -79,6 +79,7 @@ class SearchOutcome:
     versions: dict[str, list[str]] = field(default_factory=dict)  # served id -> other versions of its recording
     deadlines_ms: dict[str, float] = field(default_factory=dict)  # how long each run retriever was given
     facets: dict[str, dict[str, int]] | None = None  # value counts over the ranked candidates
+    total: int = 0  # results later pages can reach (0: nothing kept, the search logged nothing)
 
 
 @dataclass
@@ -227,7 +228,7 @@ class SearchPipeline:
             groups = collapse([ids[i] for i in order], [-float(r) for r in range(len(order))],
                               self.recording_of.__getitem__, self.popularity_of.__getitem__)
             pos = {tid: i for i, tid in enumerate(ids)}
-            versions = {rep: others for rep, others in groups[:limit] if others}
+            versions = {rep: others for rep, others in groups[:max(limit, self.settings.page_depth)] if others}
             order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
         facet_counts = self.columns.facets(ids, facets) if facets else None
         timings["rank"] = _ms(t)
@@ -262,14 +263,22 @@ class SearchPipeline:
         timings["record"] = _ms(t)
         t = time.perf_counter()
         if analytics:
-            self._log_decision(record, now, timings)
+            # Later pages are cut from this ranking (services.serving.pages), not from a new search.
+            depth = order[:max(limit, self.settings.page_depth)]
+            ranked = Ranked(query=query, ids=[ids[i] for i in depth], scores=[float(scores[i]) for i in depth],
+                            found_by=[sorted(arms_of[ids[i]]) for i in depth],
+                            versions={ids[i]: versions[ids[i]] for i in depth if ids[i] in versions})
+            self._log_decision(record, now, timings, ranked)
+            total = len(ranked.ids) if self.decisions is not None else 0
+        else:
+            total = 0
         timings["log"] = _ms(t)
         timings["total"] = _ms(t0)
         for stage, ms in timings.items():
             metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
         return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
                              timings_ms=timings, decision=decision, features=feature_rows, context=context,
-                             versions=versions, deadlines_ms=deadlines, facets=facet_counts)
+                             versions=versions, deadlines_ms=deadlines, facets=facet_counts, total=total)
 
     def _allowed(self, track_ids: list[str], mask: np.ndarray) -> list[str]:
         return [t for t, ok in zip(track_ids, self.columns.allowed(mask, track_ids), strict=True) if ok]
@@ -489,7 +498,8 @@ class SearchPipeline:
             log.warning("q2e feature lookup failed: %r", exc)
             return None
 
-    def _log_decision(self, record: DecisionRecord, now: float, timings: Mapping[str, float]) -> None:
+    def _log_decision(self, record: DecisionRecord, now: float, timings: Mapping[str, float],
+                      ranked: Ranked | None = None) -> None:
         body = record.model_dump_json()
         if self.decision_log is not None:
             self.decision_log.write(body)
@@ -497,7 +507,7 @@ class SearchPipeline:
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
-            self.decisions.stage(pipe, record, body, now)
+            self.decisions.stage(pipe, record, body, now, ranked)
             if record.session_id:
                 # The session's recent queries: /suggest completes the next one from the last.
                 sq = self.keys.session_queries(record.session_id)

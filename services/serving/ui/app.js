@@ -265,7 +265,33 @@ function renderResults(data, ms) {
   $("result-meta").replaceChildren(
     el("span", { text: `${data.results.length} result${data.results.length === 1 ? "" : "s"} for “${data.query}”` }),
     el("span", { class: "hint", text: `${ms === null ? " · restored" : ` · ${ms.toFixed(0)} ms round trip`} · search ${data.search_id.slice(0, 8)}` }));
-  data.results.forEach((hit, i) => list.append(resultRow(data, hit, i + 1)));
+  data.results.forEach((hit, i) => list.append(resultRow(data, hit, hit.position || i + 1)));
+  renderMore(data);
+}
+
+// Later pages of the same search: cut from the ranking the first page came from, same search_id,
+// absolute positions (feedback on the 14th result says 14).
+function renderMore(data) {
+  const more = $("more");
+  const shown = data.results.length;
+  more.hidden = !(data.total > shown && shown > 0);
+  more.onclick = async () => {
+    more.disabled = true;
+    let page;
+    try {
+      page = await api(`/search/${encodeURIComponent(data.search_id)}?offset=${shown}&limit=${RESULT_LIMIT}`);
+    } catch (e) {
+      showMessage("error", explain(e, "the next page"));
+      return;
+    } finally {
+      more.disabled = false;
+    }
+    data.results = data.results.concat(page.results);
+    try { sessionStorage.setItem("ltrr.last_search", JSON.stringify(data)); } catch (_) { /* full: not needed */ }
+    page.results.forEach((hit) => $("results").append(resultRow(data, hit, hit.position)));
+    $("result-meta").firstChild.textContent = `${data.results.length} results for “${data.query}”`;
+    more.hidden = !(page.results.length > 0 && data.total > data.results.length);
+  };
 }
 
 // Inline SVG icons (fonts differ in which symbols they have).
