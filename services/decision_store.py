@@ -71,7 +71,7 @@ class Served:
 
 @dataclass(frozen=True)
 class Ranked:
-    """A search's ranking beyond what its first page showed, for later pages."""
+    """The head of a search's ranking (its first page included), which later pages are cut from."""
 
     query: str
     ids: list[str]

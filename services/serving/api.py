@@ -323,10 +323,8 @@ def create_app(runtime: Runtime) -> FastAPI:
             feats = None
             if req.debug and out.features is not None:
                 feats = {n: (None if v != v else float(v)) for n, v in zip(names, out.features[i], strict=True)}
-            hits.append(SearchHit(track_id=tid, position=i + 1, title=t.title, artist=t.artist, album=t.album,
-                                  genres=list(t.genres), year=t.year, score=out.scores[i],
-                                  retrievers=out.found_by.get(tid, []), versions=out.versions.get(tid, []),
-                                  features=feats))
+            hits.append(SearchHit.of_track(t, position=i + 1, score=out.scores[i], retrievers=out.found_by.get(tid, []),
+                                           versions=out.versions.get(tid, []), features=feats))
         debug = None
         if req.debug:
             rec = out.record

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
+from services.catalog import Track
 from services.serving.filters import Facet, SearchFilters
 
 MAX_QUERY_CHARS = 512
@@ -103,6 +104,14 @@ class SearchHit(BaseModel):
     versions: list[str] = Field(default_factory=list, description="other releases of the same recording, "
                                                                   "not served separately")
     features: dict[str, float | None] | None = Field(default=None, description="ranker features (debug only)")
+
+    @classmethod
+    def of_track(cls, t: Track, *, position: int, score: float, retrievers: list[str], versions: list[str],
+                 features: dict[str, float | None] | None = None) -> SearchHit:
+        """A hit for catalog track `t`: first pages (api.py) and later pages (routes_pages.py) alike."""
+        return cls(track_id=t.track_id, position=position, title=t.title, artist=t.artist, album=t.album,
+                   genres=list(t.genres), year=t.year, score=score, retrievers=retrievers, versions=versions,
+                   features=features)
 
 
 class DebugInfo(BaseModel):

@@ -222,13 +222,14 @@ class SearchPipeline:
         scores, order = self.score(feats, ids, results, served_arms)
         order = _pin(order, ids, memory)
         versions: dict[str, list[str]] = {}
+        keep = max(limit, self.settings.page_depth)  # ranked results kept for later pages
         if collapse_versions:
             # The catalog has one row per release: a page shows each recording once, at the rank of
             # its best-ranked version (the order given, pins included).
             groups = collapse([ids[i] for i in order], [-float(r) for r in range(len(order))],
                               self.recording_of.__getitem__, self.popularity_of.__getitem__)
             pos = {tid: i for i, tid in enumerate(ids)}
-            versions = {rep: others for rep, others in groups[:max(limit, self.settings.page_depth)] if others}
+            versions = {rep: others for rep, others in groups[:keep] if others}
             order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
         facet_counts = self.columns.facets(ids, facets) if facets else None
         timings["rank"] = _ms(t)
@@ -263,8 +264,8 @@ class SearchPipeline:
         timings["record"] = _ms(t)
         t = time.perf_counter()
         if analytics:
-            # Later pages are cut from this ranking (services.serving.pages), not from a new search.
-            depth = order[:max(limit, self.settings.page_depth)]
+            # Later pages are cut from this ranking (services.serving.routes_pages), not from a new search.
+            depth = order[:keep]
             ranked = Ranked(query=query, ids=[ids[i] for i in depth], scores=[float(scores[i]) for i in depth],
                             found_by=[sorted(arms_of[ids[i]]) for i in depth],
                             versions={ids[i]: versions[ids[i]] for i in depth if ids[i] in versions})

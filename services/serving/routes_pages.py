@@ -30,9 +30,7 @@ class PagesRuntime(Protocol):
     """What the route needs from services.serving.runtime.Runtime."""
 
     catalog: Catalog
-
-    @property
-    def decisions(self) -> DecisionStore | None: ...
+    decisions: DecisionStore
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -60,8 +58,6 @@ def pages_router(runtime: PagesRuntime, guard: Callable[[Request], None]) -> API
         limit: Annotated[int, Query(ge=1, le=100)] = 10,
     ) -> SearchResponse | JSONResponse:
         store = rt.decisions
-        if store is None:
-            return _error(503, "unavailable", "pages need the search state store (Redis), which this process lacks")
         try:
             ranked = store.ranked(search_id)
             if ranked is None:
@@ -81,9 +77,8 @@ def pages_router(runtime: PagesRuntime, guard: Callable[[Request], None]) -> API
             t = rt.catalog.by_id.get(tid)
             if t is None:  # the catalog was rebuilt since the search: skip what it no longer holds
                 continue
-            hits.append(SearchHit(track_id=tid, position=pos, title=t.title, artist=t.artist, album=t.album,
-                                  genres=list(t.genres), year=t.year, score=score, retrievers=by,
-                                  versions=ranked.versions.get(tid, [])))
+            hits.append(SearchHit.of_track(t, position=pos, score=score, retrievers=by,
+                                           versions=ranked.versions.get(tid, [])))
         return SearchResponse(search_id=search_id, query=ranked.query, results=hits, offset=offset,
                               total=len(ranked.ids))
 
