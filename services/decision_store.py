@@ -10,7 +10,7 @@ ingest and the worker.
                  `/feedback` and tells the click memory which query showed which tracks, also for
                  events that arrive after the reward. `ids` is by absolute position: a later page
                  writes its tracks at theirs ("" where a position was never shown).
-  ranked:<id>    {"q", "ids", "s", "arms", "by", "v"} (~1-2 kB): the first `page_depth` results
+  ranked:<id>    {"q", "ids", "s", "arms", "by", "v"} (~2.4 kB): the first `page_depth` results
                  of the search's ranking, kept `page_ttl_s` so later pages are cut from the same
                  candidate union instead of a new search.
   pending        zset id -> reward deadline. Leaving it (ZREM returning 1) is the once-only mark
@@ -81,7 +81,7 @@ class Ranked:
 
 
 def ranked_value(r: Ranked) -> str:
-    # Retriever sets as bit masks over a short name list: 100 ids x their arms in under 2 kB.
+    # Retriever sets as bit masks over a short name list, not a list of names per id.
     arms = sorted({a for by in r.found_by for a in by})
     bit = {a: 1 << i for i, a in enumerate(arms)}
     return json.dumps({"q": r.query, "ids": r.ids, "s": [round(x, 4) for x in r.scores], "arms": arms,
