@@ -107,3 +107,14 @@ def test_post_refuses_unknown_filter_fields(api) -> None:
     assert r.status_code == 422 and "colour" in r.text
     r = c.post("/search", json={"q": "love", "filters": {"year_from": "1990"}})  # strict: a string is not a year
     assert r.status_code == 422
+
+
+def test_post_takes_integral_floats_where_the_schema_says_integer(api) -> None:
+    """JSON Schema's integer includes 2.0 (schemathesis sent it and got a 422): the published
+    schema is the contract. A fractional value is still refused, and so is a boolean."""
+    _, c = api
+    r = c.post("/search", json={"q": "love", "limit": 5, "filters": {"min_popularity": 2.0, "year_from": 1990.0}})
+    assert r.status_code == 200, r.text
+    for bad in ({"min_popularity": 2.5}, {"year_to": True}):
+        r = c.post("/search", json={"q": "love", "filters": bad})
+        assert r.status_code == 422, (bad, r.text)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from services.catalog import Track
 from services.serving.filters import Facet, SearchFilters
+from services.serving.json_types import JsonInt
 
 MAX_QUERY_CHARS = 512
 # What the validators below enforce, stated for the OpenAPI document: some non-whitespace
@@ -18,15 +19,6 @@ LOCALE_PATTERN = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$"
 Device = Literal["mobile", "desktop", "tablet", "tv", "car", "speaker", "other"]
 
 
-def _json_integer(v: object) -> object:
-    """An integer as JSON Schema defines it: 3 and 3.0 are integers, `true` and "3" are not
-    (strict models refuse 3.0, lax ones accept true: both disagree with the published schema)."""
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 def reject_lone_surrogates(v: str | None, name: str) -> str | None:

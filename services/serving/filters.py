@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.catalog import Track
+from services.serving.json_types import JsonInt
 
 AUDIO_FEATURES = ("danceability", "energy", "valence", "acousticness", "instrumentalness", "speechiness",
                   "liveness")
@@ -37,9 +38,9 @@ class SearchFilters(BaseModel):
 
     genre: str | None = Field(default=None, min_length=1, max_length=256, examples=["rock"])
     subgenre: str | None = Field(default=None, min_length=1, max_length=256, examples=["album rock"])
-    year_from: int | None = Field(default=None, ge=1800, le=2100)
-    year_to: int | None = Field(default=None, ge=1800, le=2100)
-    min_popularity: int | None = Field(default=None, ge=0, le=100)
+    year_from: JsonInt | None = Field(default=None, ge=1800, le=2100)
+    year_to: JsonInt | None = Field(default=None, ge=1800, le=2100)
+    min_popularity: JsonInt | None = Field(default=None, ge=0, le=100)
     duration_min_s: float | None = Field(default=None, ge=0, le=36_000)
     duration_max_s: float | None = Field(default=None, ge=0, le=36_000)
     tempo_min: float | None = Field(default=None, ge=0, le=400, description="beats per minute")

@@ -1,0 +1,19 @@
+"""Field types that follow JSON Schema rather than Python: the published OpenAPI schema is the
+contract, so a value the schema allows must validate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
+
+def _json_integer(v: object) -> object:
+    """An integer as JSON Schema defines it: 3 and 3.0 are integers, `true` and "3" are not
+    (strict models refuse 3.0, lax ones accept true: both disagree with the published schema)."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
