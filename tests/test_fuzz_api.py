@@ -167,3 +167,20 @@ def test_openapi_document_is_complete(api_schema) -> None:  # type: ignore[no-un
     assert {"400", "413", "422"} <= set(spec["paths"]["/search"]["post"]["responses"])
     assert {"415", "503"} <= set(spec["paths"]["/feedback"]["post"]["responses"])
     assert "503" in spec["paths"]["/health"]["get"]["responses"]
+
+
+def test_openapi_bounds_are_json_schema_keywords(api_schema) -> None:  # type: ignore[no-untyped-def]
+    """Bounds published as pydantic's `ge`/`le` are unknown to JSON Schema: a client (and
+    schemathesis) reads no bound at all, sends year_to=-699 and gets a 422 for a valid request."""
+    def walk(node: object, where: str) -> list[str]:
+        if isinstance(node, dict):
+            bad = [f"{where}.{k}" for k in ("ge", "le", "gt", "lt") if k in node and "type" in node]
+            return bad + [b for k, v in node.items() for b in walk(v, f"{where}.{k}")]
+        if isinstance(node, list):
+            return [b for i, v in enumerate(node) for b in walk(v, f"{where}[{i}]")]
+        return []
+    spec = api_schema.raw_schema
+    assert walk(spec, "$") == []
+    year_to = next(p for p in spec["paths"]["/search"]["get"]["parameters"] if p["name"] == "year_to")
+    bounded = next(s for s in year_to["schema"].get("anyOf", [year_to["schema"]]) if s.get("type") == "integer")
+    assert (bounded["minimum"], bounded["maximum"]) == (1800, 2100)

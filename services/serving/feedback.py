@@ -11,15 +11,16 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import redis
+from annotated_types import Interval
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from logged.records import EventType, FeedbackEvent
 from services.decision_store import DecisionStore, Served
 from services.keys import Keys
-from services.serving.api_models import JsonInt
+from services.serving.json_types import JSON_INTEGER, JsonInt
 
 MAX_CLOCK_SKEW_S = 300.0
 MAX_FEEDBACK_BATCH = 1000  # events per request: the schema, the parser and the docs say the same
@@ -37,7 +38,7 @@ class FeedbackEventIn(BaseModel):
     timestamp: float | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
-    dwell_ms: JsonInt | None = Field(default=None, ge=0, le=86_400_000)
+    dwell_ms: Annotated[int, Interval(ge=0, le=86_400_000), JSON_INTEGER] | None = None
 
     # strict: a JSON `true` is not position 1 and "3" is not 3; only timestamp converts (ISO-8601).
     model_config = ConfigDict(extra="forbid", strict=True)

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from annotated_types import Interval
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.catalog import Track
-from services.serving.json_types import JsonInt
+from services.serving.json_types import JSON_INTEGER
 
 AUDIO_FEATURES = ("danceability", "energy", "valence", "acousticness", "instrumentalness", "speechiness",
                   "liveness")
 Facet = Literal["genre", "decade"]
 FACET_VALUES = 20  # per facet, most frequent first
+Year = Annotated[int, Interval(ge=1800, le=2100), JSON_INTEGER]
+Popularity = Annotated[int, Interval(ge=0, le=100), JSON_INTEGER]
 
 
 class SearchFilters(BaseModel):
@@ -38,9 +41,9 @@ class SearchFilters(BaseModel):
 
     genre: str | None = Field(default=None, min_length=1, max_length=256, examples=["rock"])
     subgenre: str | None = Field(default=None, min_length=1, max_length=256, examples=["album rock"])
-    year_from: JsonInt | None = Field(default=None, ge=1800, le=2100)
-    year_to: JsonInt | None = Field(default=None, ge=1800, le=2100)
-    min_popularity: JsonInt | None = Field(default=None, ge=0, le=100)
+    year_from: Year | None = None
+    year_to: Year | None = None
+    min_popularity: Popularity | None = None
     duration_min_s: float | None = Field(default=None, ge=0, le=36_000)
     duration_max_s: float | None = Field(default=None, ge=0, le=36_000)
     tempo_min: float | None = Field(default=None, ge=0, le=400, description="beats per minute")

@@ -16,4 +16,9 @@ def _json_integer(v: object) -> object:
     return v
 
 
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+# The validator alone, for integers with bounds: `Annotated[int, Interval(ge=1, le=9), JSON_INTEGER]`.
+# The bounds must sit on the int under the validator. Put on the field (`Field(ge=...)`) of an
+# optional JsonInt, pydantic publishes them as the unknown keywords `ge`/`le` instead of
+# `minimum`/`maximum`, and the schema no longer says what is valid (schemathesis sent year_to=-699).
+JSON_INTEGER = BeforeValidator(_json_integer)
+JsonInt = Annotated[int, JSON_INTEGER]
