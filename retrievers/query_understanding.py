@@ -179,7 +179,8 @@ class QueryUnderstanding:
                     if triggers[gram] not in concepts:
                         concepts.append(triggers[gram])
                 elif n == 1 and (span := _years(gram)) is not None:
-                    years = span
+                    # Several years or decades name a range: "80s 90s", "1987 - 2002".
+                    years = span if years is None else (min(years[0], span[0]), max(years[1], span[1]))
                 elif (n > 1 or (gram not in _NO_PARTIAL and len(gram) > 2)) and (
                         parts := self._subgenres_with(gram)):
                     # "hip hop" -> hip hop, southern hip hop, latin hip hop; "house" -> the house subgenres.

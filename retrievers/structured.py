@@ -37,6 +37,7 @@ from retrievers.query_understanding import (
 )
 
 COLUMNS_FILE = "structured.npz"
+YEAR_DECAY = 3.0  # years outside a named range at which intent agreement falls to 1/e
 META_FILE = "structured.json"
 
 
@@ -125,6 +126,39 @@ class StructuredRetriever:
             rows = np.flatnonzero(mask)
             return rows, score[rows]
         return np.arange(n), score
+
+    @property
+    def track_ids(self) -> list[str]:
+        return self.ids
+
+    def intent(self, query: str, rows: np.ndarray) -> np.ndarray | None:
+        """(len(rows), 3) float32 agreement of the given tracks (row indices, in `ids` order) with
+        what the query names: [carries one of its genre/subgenre tags (1/0), inside its year range
+        (1, else exp(-years outside / YEAR_DECAY)), closeness to its mood targets (0..1)]; a column
+        is NaN when the query names nothing of that kind. None when it names nothing at all, so a
+        ranker sees the same NaNs as for a query this module cannot read."""
+        parsed = self.parse(query)
+        concepts = [c for c in parsed.concepts if self.concept_weight.get(c, 0.0) > 0]
+        tags = [t for t in (*parsed.genres, *parsed.subgenres) if t in self.tag_columns]
+        if not tags and parsed.years is None and not concepts:
+            return None
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full((len(rows), 3), np.nan, dtype=np.float32)
+        if tags:
+            hit = np.zeros(len(rows), dtype=bool)
+            for tag in tags:
+                hit |= self.tag_columns[tag][rows]
+            out[:, 0] = hit
+        if parsed.years is not None:
+            lo, hi = parsed.years
+            year = self.year[rows].astype(np.float32)
+            outside = np.maximum(lo - year, 0) + np.maximum(year - hi, 0)
+            out[:, 1] = np.where(year > 0, np.exp(-outside / YEAR_DECAY), np.nan)
+        if concepts:
+            total = sum(self.concept_weight[c] for c in concepts)
+            out[:, 2] = sum(np.float32(self.concept_weight[c] / total) * self.concept_columns[c][rows]
+                            for c in concepts)
+        return out
 
     def _closeness(self, targets: Sequence[FeatureTarget]) -> np.ndarray:
         """One mood's closeness over the whole catalog (module docstring)."""

@@ -10,6 +10,7 @@ import pytest
 
 from retrievers.base import Document, Retriever
 from retrievers.dense import DenseConfig, DenseRetriever, document_text
+from retrievers.descriptors import Descriptors
 from retrievers.embedding_cache import EmbeddingCache
 from retrievers.encoder import OnnxEncoder, TorchEncoder, export_onnx, load_query_encoder
 
@@ -51,6 +52,21 @@ def test_implements_protocol(dense: DenseRetriever) -> None:
 def test_document_text_turns_tags_into_a_list() -> None:
     doc = Document("t1", {"title": "Song", "artist": "Band", "album": "", "genres": "pop|edm"})
     assert document_text(doc, DenseConfig()) == "Song. Band. pop, edm"
+
+
+def test_document_text_describes_decade_and_mood_relative_to_the_catalog(documents: list[Document]) -> None:
+    """Mood words go to the catalog's own extremes: the saddest fifth is "sad", the most
+    energetic fifth "energetic", whatever the absolute values of another catalog."""
+    described = Descriptors.fit(documents)
+    words = [described.words(d) for d in documents]
+    share = {w: float(np.mean([w in ws for ws in words])) for w in ("sad", "happy", "energetic", "instrumental")}
+    assert share["sad"] == pytest.approx(0.2, abs=0.02) and share["happy"] == pytest.approx(0.2, abs=0.02)
+    assert share["energetic"] == pytest.approx(0.2, abs=0.02) and share["instrumental"] <= 0.11
+    d = next(d for d in documents if d.extra.get("year") == 1985 and d.extra["valence"] < 0.1)
+    text = document_text(d, DenseConfig(), described)
+    assert text.endswith(", ".join(described.words(d))) and "1980s" in text and "sad" in text
+    assert "subgenres" in DenseConfig().fields and d.fields["subgenres"].split("|")[0] in text
+    assert document_text(d, DenseConfig(descriptors=False), described).count("1980s") == 0
 
 
 @pytest.mark.parametrize(("query", "match"), [
@@ -170,12 +186,14 @@ def test_rebuild_reencodes_only_changed_texts(documents: list[Document], dense: 
     counter = _CountingEncoder(dense.torch_encoder())
     r._torch = counter  # type: ignore[assignment]
     r.build(docs)
-    unique = len({document_text(d, cfg) for d in docs})  # identical texts are encoded once
+    described = Descriptors.fit(docs)
+    unique = len({document_text(d, cfg, described) for d in docs})  # identical texts are encoded once
     assert (counter.calls, counter.texts, r.last_build_encoded) == (1, unique, unique)
     first = r.similarity(counter.inner.encode(["hip hop"])[0], [d.doc_id for d in docs])
 
-    changed = [Document(d.doc_id, {**d.fields, "title": d.fields["title"] + " (Live)"}) if i % 30 == 0 else d
-               for i, d in enumerate(docs)]
+    # Same audio features, so the catalog-fitted mood words of the other tracks stay as they were.
+    changed = [Document(d.doc_id, {**d.fields, "title": d.fields["title"] + " (Live)"}, d.popularity, d.extra)
+               if i % 30 == 0 else d for i, d in enumerate(docs)]
     r2 = DenseRetriever(cfg)
     r2._torch = counter  # type: ignore[assignment]
     r2.build(changed)
@@ -213,8 +231,11 @@ def test_hnsw_recall_against_flat(documents: list[Document], dense: DenseRetriev
     vecs = np.stack([dense.vector(i) for i in ids])
     flat = DenseRetriever(DenseConfig(use_onnx=False))
     flat.build_from_vectors(ids, vecs)
+    # efSearch 256: with genres, subgenres and mood words in the text, many tracks sit in tight
+    # clusters and the top 100 of "hard rock" ends among near-ties (measured on these 6,000 vectors:
+    # recall 0.80 at 64, 0.91 at 128, 0.96 at 256, 0.99 at the default 512).
     hnsw = DenseRetriever(DenseConfig(use_onnx=False, flat_max=1000, hnsw_m=16, hnsw_ef_construction=100,
-                                      hnsw_ef_search=64))
+                                      hnsw_ef_search=256))
     hnsw.build_from_vectors(ids, vecs)
     assert hnsw.is_hnsw and not flat.is_hnsw
     # Both share the dense retriever's query vectors, so any difference is the index's.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrievers.base import Document, Retriever
+from retrievers.base import Retriever
 from retrievers.query_understanding import MIN_SEED, QueryUnderstanding
 from retrievers.structured import StructuredRetriever
 from services.catalog import Catalog
@@ -20,10 +20,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def structured(catalog: Catalog) -> StructuredRetriever:
-    docs = [Document(d.doc_id, d.fields, d.popularity, {**d.extra, "tempo": catalog.get(d.doc_id).tempo})
-            for d in catalog.documents()]
     r = StructuredRetriever()
-    r.build(docs)
+    r.build(catalog.documents())  # documents carry tempo among their audio features
     return r
 
 
@@ -50,6 +48,9 @@ def test_genres_decades_and_moods_are_parsed(qu: QueryUnderstanding) -> None:
     assert p.genres == ("r&b",) and p.years == (2019, 2019)
     assert qu.parse("90's hits").years == (1990, 1999)
     assert qu.parse("eighties").years == (1980, 1989)
+    # several years or decades are one range
+    assert qu.parse("80s-90s r&b").years == (1980, 1999)
+    assert qu.parse("new jack swing 1987 - 2002").years == (1987, 2002)
     assert qu.parse("sad love songs").concepts == ("sad", "love")
     assert qu.parse("feel good summer").concepts == ("happy", "summer")
     # "hip hop" is a subgenre and part of others: all of them, and "hop" is not matched alone.
