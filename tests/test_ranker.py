@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 
 from logged.records import FeedbackEvent, JoinedRecord
-from ranker import labels, selfsupervised
-from ranker.features import (
-    DEFAULT_REGISTRY,
-    CandidateInput,
-    FeatureRegistry,
-    QueryInput,
-    TrackFeatureCache,
-    featurize,
-)
+from ranker import labels
+from ranker.features import DEFAULT_REGISTRY, Candidates, FeatureRegistry, QueryInput
 from ranker.model import ModelLoadError, RankData, load, train
+from ranker.profile import build_profile, profile_features
+from ranker.tracks import TrackRecord, TrackTable
 
 R = DEFAULT_REGISTRY
 
@@ -66,7 +61,12 @@ def make_catalog(seed: int = 0, n_artists: int = 120, per_artist: int = 5) -> li
     return tracks
 
 
-def retrieve(query: str, catalog: list[Track], rng: random.Random, k: int = 40) -> list[CandidateInput]:
+def table_of(catalog: list[Track]) -> TrackTable:
+    return TrackTable.build(TrackRecord(t.track_id, t.title, t.artist, t.album, t.genres, t.popularity, t.year)
+                            for t in catalog)
+
+
+def retrieve(query: str, catalog: list[Track], table: TrackTable, rng: random.Random, k: int = 40) -> Candidates:
     """Lexical (token overlap + popularity prior) top-k plus a few random 'dense' neighbours."""
     q = set(query.split())
     scored = []
@@ -78,19 +78,15 @@ def retrieve(query: str, catalog: list[Track], rng: random.Random, k: int = 40) 
     lex = {t.track_id: (s, r) for r, (s, t) in enumerate(scored[:k], start=1)}
     dense_pool = rng.sample(catalog, 8)
     dense = {t.track_id: (rng.uniform(0.2, 0.6), r) for r, t in enumerate(dense_pool, start=1)}
-    by_id = {t.track_id: t for t in catalog}
-    out = []
-    for tid in dict.fromkeys([*lex, *dense]):
-        t = by_id[tid]
-        rs = {}
-        if tid in lex:
-            rs["lexical"] = lex[tid]
-        if tid in dense:
-            rs["dense"] = dense[tid]
-        out.append(CandidateInput(track_id=tid, title_norm=t.title, artist_norm=t.artist, album_norm=t.album,
-                                  genres=t.genres, popularity=t.popularity, year=t.year, retriever_scores=rs,
-                                  dense_cos=rng.uniform(0.0, 0.7)))
-    return out
+    ids = list(dict.fromkeys([*lex, *dense]))
+
+    def column(hits: dict[str, tuple[float, int]], i: int) -> np.ndarray:
+        return np.array([hits[t][i] if t in hits else np.nan for t in ids], dtype=np.float32)
+
+    return Candidates(rows=table.rows(ids),
+                      retriever_scores={"lexical": column(lex, 0), "dense": column(dense, 0)},
+                      retriever_ranks={"lexical": column(lex, 1), "dense": column(dense, 1)},
+                      dense_cos=np.array([rng.uniform(0.0, 0.7) for _ in ids], dtype=np.float32))
 
 
 def ndcg10(scores: np.ndarray, rel: np.ndarray) -> float:
@@ -107,6 +103,11 @@ def catalog() -> list[Track]:
     return make_catalog()
 
 
+@pytest.fixture(scope="module")
+def table(catalog: list[Track]) -> TrackTable:
+    return table_of(catalog)
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry and featurizer
 # ---------------------------------------------------------------------------------------------
@@ -120,15 +121,28 @@ def test_registry_names_unique_and_versioned() -> None:
     assert FeatureRegistry().version == R.version  # deterministic
 
 
+def _three() -> TrackTable:
+    return TrackTable.build([
+        TrackRecord("a", "love story", "taylor swift", "fearless", ("pop", "country"), 0.9, 2008),
+        TrackRecord("b", "love story remix", "someone else", "", ("edm",), 0.2, None, base_title="love story"),
+        TrackRecord("c", "other song", "nobody", "x", (), 0.1, 1999),
+    ])
+
+
 def test_featurize_shape_order_and_missing_values() -> None:
-    cands = [
-        CandidateInput("a", "love story", "taylor swift", "fearless", ("pop", "country"), 0.9, 2008,
-                       {"lexical": (12.5, 1), "q2e": (0.8, 2)}, dense_cos=0.41, q2e_score=0.8, q2e_ctr=0.3),
-        CandidateInput("b", "love story remix", "someone else", "", ("edm",), 0.2, None, {"dense": (0.7, 1)}),
-        CandidateInput("c", "other song", "nobody", "x", (), 0.1, 1999, {"xr": (0.5, 3), "unknown": (1.0, 1)}),
-    ]
+    table = _three()
+    nan = np.nan
+    cands = Candidates(
+        rows=np.array([0, 1, 2]),
+        retriever_scores={"lexical": np.array([12.5, nan, nan]), "q2e": np.array([0.8, nan, nan]),
+                          "dense": np.array([nan, 0.7, nan]), "xr": np.array([nan, nan, 0.5]),
+                          "unknown": np.array([nan, nan, 1.0])},
+        retriever_ranks={"lexical": np.array([1, nan, nan]), "q2e": np.array([2, nan, nan]),
+                         "dense": np.array([nan, 1, nan]), "xr": np.array([nan, nan, 3]),
+                         "unknown": np.array([nan, nan, 1])},
+        dense_cos=np.array([0.41, nan, nan], dtype=np.float32), q2e_ctr=np.array([0.3, nan, nan], dtype=np.float32))
     q = QueryInput("taylor swift love story", {"pop": 0.7, "country": 0.2})
-    x = featurize(q, cands, TrackFeatureCache())
+    x = R.featurize(q, cands, table)
     assert x.shape == (3, R.dim) and x.dtype == np.float32
 
     def f(i: int, name: str) -> float:
@@ -139,62 +153,100 @@ def test_featurize_shape_order_and_missing_values() -> None:
     assert f(0, "n_retrievers") == 2 and f(0, "best_rank") == 1
     assert f(2, "n_retrievers") == 1  # a retriever outside the registry is not counted
     assert f(0, "popularity") == pytest.approx(0.9) and f(0, "year") == 2008 and math.isnan(f(1, "year"))
+    assert f(0, "tag_count") == 2 and f(2, "tag_count") == 0
     assert f(0, "artist_title_exact") == 1 and f(0, "title_in_query") == 1 and f(0, "artist_in_query") == 1
     assert f(0, "title_exact") == 0 and f(0, "title_qcov") == pytest.approx(0.5)
     assert f(0, "title_jaccard") == pytest.approx(0.5) and f(0, "all_qcov") == 1.0
     assert f(0, "artist_title_edit") == 0.0 and 0 < f(1, "title_edit") < 1
     assert f(1, "title_in_query") == 0 and f(1, "title_qcov") == pytest.approx(0.5)
+    # a typed title with a typo is near the base title even where the full title carries a version
+    xb = R.featurize(QueryInput("love stroy"), Candidates(rows=np.array([1])), table)
+    assert xb[0, R.index["base_title_edit"]] == pytest.approx(0.2) and xb[0, R.index["title_edit"]] > 0.4
+    assert R.featurize(QueryInput("love story"), Candidates(rows=np.array([1])), table)[0, R.index[
+        "base_title_exact"]] == 1
     assert f(0, "genre_affinity") == pytest.approx(0.9) and f(1, "genre_affinity") == 0
     assert f(0, "dense_cos") == pytest.approx(0.41) and math.isnan(f(1, "dense_cos"))
-    assert f(0, "q2e_ctr") == pytest.approx(0.3) and math.isnan(f(2, "q2e_score"))
+    assert f(0, "q2e_ctr") == pytest.approx(0.3) and math.isnan(f(2, "q2e_ctr"))
     assert (x[:, R.index["query_len"]] == 4).all()
+    # no profile and no intent given: those columns stay missing
+    assert np.isnan(x[:, R.index["prf_tags"]]).all() and np.isnan(x[:, R.intent_columns]).all()
 
-    # title prefix (a partially typed title) and an unknown user (no affinity -> NaN)
-    x2 = featurize(QueryInput("love st"), cands)
+    # title prefix (a partially typed title), exact album, and an unknown user (no affinity -> NaN)
+    x2 = R.featurize(QueryInput("love st"), Candidates(rows=np.array([0, 1, 2])), table)
     assert x2[0, R.index["title_prefix"]] == 1 and x2[1, R.index["title_prefix"]] == 1
     assert x2[2, R.index["title_prefix"]] == 0
     assert np.isnan(x2[:, R.index["genre_affinity"]]).all()
-    assert featurize(QueryInput("x"), []).shape == (0, R.dim)
+    assert R.featurize(QueryInput("fearless"), Candidates(rows=np.array([0, 2])), table)[:, R.index["album_exact"]
+                                                                                     ].tolist() == [1, 0]
+    assert R.featurize(QueryInput("x"), Candidates(rows=np.zeros(0, dtype=np.int64)), table).shape == (0, R.dim)
 
 
-def test_cache_is_invalidated_when_track_text_changes() -> None:
-    cache = TrackFeatureCache()
-    q = QueryInput("alpha")
-    a = CandidateInput("t1", "alpha", "x")
-    b = CandidateInput("t1", "beta", "x")  # same id, retitled
-    assert featurize(q, [a], cache)[0, R.index["title_exact"]] == 1
-    assert featurize(q, [b], cache)[0, R.index["title_exact"]] == 0
-    assert featurize(q, [a], cache)[0, R.index["title_qcov"]] == 1
+def test_token_counts_equal_set_intersections(catalog: list[Track], table: TrackTable) -> None:
+    """The vectorized gather/bincount counts exactly what a set intersection per track counts."""
+    rng = random.Random(3)
+    words = sorted({w for t in catalog for w in f"{t.title} {t.artist}".split()})
+    for _ in range(50):
+        q = [*rng.sample(words, rng.randint(1, 4)), "unknownword"]
+        rows = np.array(sorted(rng.sample(range(len(catalog)), 30)))
+        mask = table.query_token_mask(q)
+        got = table.title_tokens.counts(rows, mask)
+        want = [len(set(q) & set(catalog[r].title.split())) for r in rows]
+        assert got.tolist() == want
+        got_all = table.all_tokens.counts(rows, mask)
+        t = [catalog[r] for r in rows]
+        assert got_all.tolist() == [len(set(q) & set(f"{x.title} {x.artist} {x.album}".split())) for x in t]
+
+
+def test_profile_features_measure_agreement_with_the_other_top_results() -> None:
+    """Four rock tracks from the 80s and one edm track from 2019 vote; each candidate is scored
+    against the others' votes (leave-one-out), so a lone voter does not agree with itself."""
+    recs = [TrackRecord(f"r{i}", f"rock {i}", "band", "", ("rock",), 0.5, 1984 + i, audio=(0.1 * i, 0.0))
+            for i in range(4)]
+    recs += [TrackRecord("e", "drop", "dj", "", ("edm",), 0.5, 2019, audio=(5.0, 5.0)),
+             TrackRecord("new", "later", "band", "", ("rock",), 0.5, 1986, audio=(0.2, 0.0)),
+             TrackRecord("far", "elsewhere", "other", "", ("edm",), 0.5, 2020, audio=(4.0, 4.0))]
+    table = TrackTable.build(recs)
+    profile = build_profile(table, {"a": [0, 1, 2, 3, 4]})
+    assert profile.weights.sum() == pytest.approx(1.0)
+    f = profile_features(table, profile, np.array([0, 4, 5, 6]))
+    tags, year, artist, audio = f.T
+    assert tags[2] > 0.7 and tags[1] < 0.3  # "new" (rock) agrees; the lone edm voter does not
+    w = 1.0 / (5.0 + np.arange(1, 6))  # the rank discount of ranker.profile (K0 = 5)
+    assert tags[0] == pytest.approx(w[1:4].sum() / w[1:].sum(), rel=1e-5)  # r0 against the other voters
+    assert year[2] > year[3] and artist[2] > 0.7 and artist[3] == 0.0
+    assert audio[2] > audio[3]
+    empty = build_profile(table, {})
+    assert empty.empty and np.isnan(profile_features(table, empty, np.array([0, 1]))).all()
 
 
 # ---------------------------------------------------------------------------------------------
 # Learning
 # ---------------------------------------------------------------------------------------------
 
-def _title_pop_problem(catalog: list[Track], n_queries: int, seed: int) -> tuple[RankData, list[np.ndarray]]:
+def _title_pop_problem(catalog: list[Track], table: TrackTable, n_queries: int,
+                       seed: int) -> tuple[RankData, list[np.ndarray]]:
     """Relevance = exact title match + popularity + noise, graded 0..3."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
-    cache = TrackFeatureCache()
     xs, ys, sizes = [], [], []
     for _ in range(n_queries):
         src = rng.choice(catalog)
-        cands = retrieve(src.title, catalog, rng)
-        x = featurize(QueryInput(src.title), cands, cache)
-        exact = np.array([c.title_norm == src.title for c in cands], dtype=float)
-        pop = np.array([c.popularity for c in cands])
-        latent = 2.0 * exact + 1.5 * pop + nrng.normal(0, 0.25, len(cands))
+        cands = retrieve(src.title, catalog, table, rng)
+        x = R.featurize(QueryInput(src.title), cands, table)
+        exact = np.array([catalog[r].title == src.title for r in cands.rows], dtype=float)
+        pop = np.array([catalog[r].popularity for r in cands.rows])
+        latent = 2.0 * exact + 1.5 * pop + nrng.normal(0, 0.25, len(cands.rows))
         y = np.digitize(latent, [1.0, 2.2, 3.0]).astype(np.int32)
         xs.append(x)
         ys.append(y)
-        sizes.append(len(cands))
+        sizes.append(len(cands.rows))
     return RankData(np.concatenate(xs), np.concatenate(ys), np.array(sizes)), ys
 
 
-def test_lambdamart_beats_random_on_held_out_queries(catalog: list[Track]) -> None:
-    tr, _ = _title_pop_problem(catalog, 250, seed=1)
-    va, _ = _title_pop_problem(catalog, 60, seed=2)
-    te, te_y = _title_pop_problem(catalog, 120, seed=3)
+def test_lambdamart_beats_random_on_held_out_queries(catalog: list[Track], table: TrackTable) -> None:
+    tr, _ = _title_pop_problem(catalog, table, 250, seed=1)
+    va, _ = _title_pop_problem(catalog, table, 60, seed=2)
+    te, te_y = _title_pop_problem(catalog, table, 120, seed=3)
     model = train(tr.X, tr.y, tr.group, valid=va, num_boost_round=80)
     assert model.meta["n_queries"] == 250 and "valid_ndcg@10" in model.meta["metrics"]
     scores = model.predict(te.X)
@@ -208,51 +260,6 @@ def test_lambdamart_beats_random_on_held_out_queries(catalog: list[Track]) -> No
     m, r = float(np.mean(model_ndcg)), float(np.mean(random_ndcg))
     assert m > 0.85, (m, r)
     assert m > r + 0.3, (m, r)
-
-
-def test_self_supervised_model_ranks_exact_artist_title_first(catalog: list[Track]) -> None:
-    rng = random.Random(5)
-    cache = TrackFeatureCache()
-    pairs = []
-    for t in catalog:
-        pairs += [selfsupervised.PseudoPair(f"{t.artist} {t.title}", t.track_id, "artist_title"),
-                  selfsupervised.PseudoPair(t.title, t.track_id, "title"),
-                  selfsupervised.PseudoPair(t.artist, t.track_id, "artist")]
-
-    def candidates(q: str) -> tuple[list[str], np.ndarray]:
-        cands = retrieve(q, catalog, rng)
-        return [c.track_id for c in cands], featurize(QueryInput(q), cands, cache)
-
-    data, stats = selfsupervised.build(pairs, candidates, max_groups=500, seed=0)
-    assert stats["groups"] == data.group.size <= 500 and stats["queries"] == 500
-    assert data.y.max() == 3  # artist_title graded above title and artist
-    model = train(data.X, data.y, data.group, num_boost_round=80)
-
-    # The hard cases: tracks whose title is shared with other artists' tracks.
-    by_title: dict[str, list[Track]] = {}
-    for t in catalog:
-        by_title.setdefault(t.title, []).append(t)
-    hard = [t for ts in by_title.values() if len({x.artist for x in ts}) > 1 for t in ts]
-    assert len(hard) >= 20
-    firsts = 0
-    for t in hard[:40]:
-        q = f"{t.artist} {t.title}"
-        cands = retrieve(q, catalog, rng)
-        s = model.predict(featurize(QueryInput(q), cands, cache))
-        firsts += cands[int(np.argmax(s))].track_id == t.track_id
-    assert firsts == len(hard[:40])
-
-
-def test_self_supervised_merges_queries_and_drops_missed_groups() -> None:
-    pairs = [selfsupervised.PseudoPair("q1", "a", "artist"), selfsupervised.PseudoPair("q1", "b", "artist_title"),
-             selfsupervised.PseudoPair("q2", "z", "title")]
-    groups = selfsupervised.sample_queries(pairs, 10)
-    assert groups == {"q1": {"a": 1, "b": 3}, "q2": {"z": 2}}
-    table = {"q1": ["a", "b", "c"], "q2": ["x", "y"]}  # retrieval missed z for q2
-    data, stats = selfsupervised.build_training_set(groups, lambda q: (table[q], np.zeros((len(table[q]), 4))))
-    assert data.y.tolist() == [1, 3, 0] and data.group.tolist() == [3]
-    assert stats["dropped_no_positive"] == 1
-    assert len(selfsupervised.sample_queries(pairs, 1, seed=3)) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,8 +318,8 @@ def test_training_set_from_joined_records_with_ipw() -> None:
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def small_model(catalog: list[Track]):
-    data, _ = _title_pop_problem(catalog, 60, seed=9)
+def small_model(catalog: list[Track], table: TrackTable):
+    data, _ = _title_pop_problem(catalog, table, 60, seed=9)
     return train(data.X, data.y, data.group, num_boost_round=20), data
 
 
