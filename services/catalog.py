@@ -173,7 +173,7 @@ def track_document(t: Track) -> Document:
         fields={"title": t.title, "artist": t.artist, "album": t.album,
                 "genres": "|".join(t.genres), "subgenres": "|".join(t.subgenres)},
         popularity=t.popularity / 100.0,
-        extra={"year": t.year, **{f: getattr(t, f) for f in AUDIO_FEATURES}},
+        extra={"year": t.year, "tempo": t.tempo, **{f: getattr(t, f) for f in AUDIO_FEATURES}},
     )
 
 

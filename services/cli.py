@@ -137,10 +137,10 @@ def cmd_search(args: argparse.Namespace) -> None:
     settings = s.model_copy(update={"retrievers": (args.retriever,)})
     client, server = connect_redis(settings) if args.retriever == "q2e" else (None, None)
     try:
-        retrievers, _, _ = load_retrievers(settings, client)
+        catalog = Catalog.load(s.catalog)
+        retrievers = load_retrievers(settings, client, catalog).by_name
         if args.retriever not in retrievers:
             raise CliError(f"no {args.retriever} index under {s.data_dir}: run `ltrr index build` first")
-        catalog = Catalog.load(s.catalog)
         t = time.perf_counter()
         cands = retrievers[args.retriever].retrieve(req.q, req.limit)
         ms = (time.perf_counter() - t) * 1000
@@ -246,6 +246,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     from services.artifacts import ArtifactStore
 
     missing = [n for n, ok in (("lexical", have_lex), ("dense", have_dense),
+                               ("structured", (s.index_dir / "structured").exists()),
                                ("xr", ArtifactStore(s.models_dir / "xr", "xr").versions() != []),
                                ("suggest", ArtifactStore(s.models_dir / "suggest", "suggest").versions() != []))
                if not ok]
@@ -259,7 +260,9 @@ def cmd_up(args: argparse.Namespace) -> None:
         from services.offline.build import build_indexes
 
         rows = build_indexes(s, rt.catalog, rt.redis, only=("q2e",), progress=not args.quiet)  # no-op when seeded
-        if not ArtifactStore(s.models_dir / "ranker", "ranker").versions() or args.rebuild:
+        # No ranker yet, or none this code can load (trained on another feature registry): the
+        # cold start trains one, so an upgraded data dir does not serve the fallback ranking.
+        if rt.ranker.current() is None or args.rebuild:
             from services.offline.build import train_coldstart
 
             rows += train_coldstart(s, rt, n_queries=args.queries, progress=not args.quiet)
@@ -312,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     idx = sub.add_parser("index", help="build retrieval indexes").add_subparsers(dest="sub", required=True)
     b = idx.add_parser("build", help="build lexical, dense, q2e and xr from the catalog")
     common(b)
-    b.add_argument("--only", help="comma list of lexical,dense,q2e,xr")
+    b.add_argument("--only", help="comma list of lexical,dense,structured,q2e,xr,suggest")
     b.add_argument("--skip-bad-rows", action="store_true", help="log and skip invalid catalog rows")
     b.add_argument("--backend", choices=["embedded", "opensearch"],
                    help="where lexical/dense indexes live (default LTRR_BACKEND or embedded)")
@@ -325,13 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--log", help="ranker: joined log file or directory (default: cold start)")
     tr.add_argument("--force", action="store_true",
                     help="ranker: serve the retrained model even if the promotion gate refuses it")
-    tr.add_argument("--queries", type=int, default=6000, help="cold start: training queries")
+    tr.add_argument("--queries", type=int, default=10000, help="cold start: training queries")
     tr.set_defaults(func=cmd_train)
 
     se = sub.add_parser("search", help="search from the command line")
     common(se)
     se.add_argument("query")
-    se.add_argument("--retriever", default="pipeline", choices=["pipeline", "lexical", "dense", "xr", "q2e"])
+    se.add_argument("--retriever", default="pipeline",
+                    choices=["pipeline", "lexical", "dense", "xr", "q2e", "structured"])
     se.add_argument("-k", type=int, default=10)
     se.set_defaults(func=cmd_search)
 
@@ -348,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int)
     up.add_argument("--workers", type=int, help="API worker processes (default LTRR_WORKERS or 1)")
     up.add_argument("--rebuild", action="store_true", help="rebuild and retrain everything")
-    up.add_argument("--queries", type=int, default=6000, help="cold-start training queries")
+    up.add_argument("--queries", type=int, default=10000, help="cold-start training queries")
     up.add_argument("--skip-bad-rows", action="store_true")
     up.set_defaults(func=cmd_up)
 

@@ -70,6 +70,11 @@ class Settings(BaseModel):
     memory_slots: int = Field(default=3, ge=0, le=10)
     memory_min_positive: float = Field(default=1.5, gt=0)
     memory_min_posterior: float = Field(default=0.15, ge=0, le=1)
+    # A track played once for a query (more positives than skips, not yet sure enough to pin) that
+    # the ranking leaves off the page gets the page's last slot, so the next users can confirm it
+    # (and it gets pinned) or skip it (and it goes). Without it, one user's find at rank 15 could
+    # drop out of sight whenever the bandit explores other retrievers, and never be confirmed.
+    memory_trial_slots: int = Field(default=1, ge=0, le=3)
     # Ranker training sees negatives: besides the served list, features of this many unserved
     # union candidates (sampled uniformly) are logged with each search.
     log_unserved: int = Field(default=20, ge=0, le=200)

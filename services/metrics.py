@@ -40,6 +40,8 @@ GATE_DECISIONS = Counter("ltrr_gate_decisions_total", "promotion gate outcomes p
 GATE_METRIC = Gauge("ltrr_gate_metric", "the numbers of the newest gate decision", ["kind", "metric"],
                     multiprocess_mode="liveall")
 MEMORY_PINS = Counter("ltrr_memory_pins_total", "results the click memory placed in the top slots")
+MEMORY_TRIALS = Counter("ltrr_memory_trials_total",
+                        "once-played results the click memory placed in a page's last slot to be confirmed")
 MODEL_VERSION = Gauge("ltrr_model_version_info", "loaded model versions", ["kind", "version"],
                       multiprocess_mode="liveall")  # per live process: replicas may briefly differ
 HTTP_REQUESTS = Counter("ltrr_http_requests_total", "HTTP requests", ["route", "status"])

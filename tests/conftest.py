@@ -80,7 +80,7 @@ def built_settings(tmp_path_factory: pytest.TempPathFactory, redis_server: Redis
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     catalog = Catalog.load(CATALOG_PATH)
-    build_indexes(settings, catalog, client, only=("lexical", "dense", "q2e", "xr"), progress=False)
+    build_indexes(settings, catalog, client, only=("lexical", "dense", "structured", "q2e", "xr"), progress=False)
     # Suggest on the 1,500 most popular tracks: the full catalog's model would add minutes here, and
     # the API, fuzz and page tests need a real one behind /suggest.
     small = Catalog(sorted(catalog.tracks, key=lambda t: -t.popularity)[:1500])

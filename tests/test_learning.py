@@ -1,8 +1,9 @@
 """The learning loop through the real API, real Redis and real models: what users play comes back
 to the top, and a retrained ranker serves only if the gate says it is no worse.
 
-The click memory test plays, for 20 different queries, a result the service ranked 11-20 and then
-checks later searches (other users, whatever the bandit explores). The gate tests retrain the
+The click memory test plays, for 20 different queries, a result the service ranked 11-20 (the first
+user plays it where they found it, later users whenever they see it) and then checks later
+searches (other users, whatever the bandit explores). The gate tests retrain the
 ranker from joined logs made by real searches and plays: a model fitted to shuffled labels is
 refused and the serving one keeps serving; a better one is promoted and picked up without a
 restart.
@@ -65,12 +66,17 @@ def test_a_result_users_keep_playing_comes_back_in_the_top_3(built_settings, fre
     rng = random.Random(0)
     try:
         targets = {}
-        for q in QUERIES:
-            served = [h["track_id"] for h in client.get("/search", params={"q": q, "limit": 20}).json()["results"]]
-            assert len(served) == 20, q
-            targets[q] = served[rng.randrange(10, 20)]
-        # Users play it whenever they see it, until it has been played three times.
         plays = dict.fromkeys(QUERIES, 0)
+        for q in QUERIES:
+            body = client.get("/search", params={"q": q, "limit": 20, "user_id": "first"}).json()
+            served = [h["track_id"] for h in body["results"]]
+            assert len(served) == 20, q
+            # The first user finds it at rank 11-20 and plays it right there; from then on the
+            # memory knows it, whichever retrievers a later search runs.
+            targets[q] = served[rng.randrange(10, 20)]
+            plays[q] += _play(client, body, targets[q], "first")
+        _drain(worker, rt)
+        # Users play it whenever they see it, until it has been played three times.
         for attempt in range(12):
             for q in QUERIES:
                 if plays[q] < 3:

@@ -15,7 +15,7 @@ from logged.records import DecisionRecord
 from retrievers.base import Candidate
 from services.decision_store import parse_served
 from services.serving.arm_budgets import ArmBudgets
-from services.serving.pipeline import SearchPipeline
+from services.serving.pipeline import SearchPipeline, _trial
 from services.serving.runtime import Runtime
 
 # Real catalog tracks: exact "artist title" queries must put the track first.
@@ -197,9 +197,11 @@ def test_serving_uses_the_configured_query_encoder_precision(runtime: Runtime, b
 
     fp32 = DenseRetriever.load(settings.index_dir / "dense", config_overrides={"onnx_precision": "fp32"})
     assert fp32.query_encoder.precision == "fp32"
-    q = "taylor swift love story"
-    assert [c.track_id for c in fp32.retrieve(q, 5)][:1] == \
-        [c.track_id for c in runtime.pipeline.parts.retrievers["dense"].retrieve(q, 5)][:1]
+    # The same neighbours either way (int8 moves cosines in the third decimal, so near-ties may swap).
+    for q in ("taylor swift love story", "sad love songs", "reggaeton"):
+        exact = [c.track_id for c in fp32.retrieve(q, 10)]
+        fast = [c.track_id for c in runtime.pipeline.parts.retrievers["dense"].retrieve(q, 10)]
+        assert len(set(exact) & set(fast)) >= 7 and fast[0] in exact[:3], q
 
 
 def test_a_chosen_arm_that_finds_nothing_falls_back_to_lexical(keyed_service, fresh_redis_state) -> None:
@@ -222,3 +224,33 @@ def test_a_chosen_arm_that_finds_nothing_falls_back_to_lexical(keyed_service, fr
     assert rec.candidates.get("q2e") == []
     assert rec.served and rec.candidates["lexical"]
     assert all(arms == ["lexical"] for arms in out.found_by.values())
+
+
+def test_a_chosen_arm_that_finds_too_few_for_the_page_is_filled_by_lexical(keyed_service, fresh_redis_state) -> None:
+    # The seeded memory knows "ed sheeran shape of you" with a handful of tracks: a q2e-only
+    # choice finds fewer than a page, and the cheapest good arm fills the rest, after them.
+    from bandit.policy import FixedPolicy
+
+    rt = keyed_service[0]
+    holder = rt.policy
+    saved = holder.current()
+    holder.set(FixedPolicy(("q2e",)), "fixed-q2e")
+    try:
+        out = rt.pipeline.search("ed sheeran shape of you", 20, analytics=False)
+    finally:
+        holder.set(saved, getattr(saved, "version", None))
+    rec = out.record
+    assert 0 < len(rec.candidates["q2e"]) < 20 and rec.candidates["lexical"]
+    assert len(rec.served) == 20
+    assert rt.catalog.by_id[rec.served[0]].title.lower().startswith("shape of you")
+
+
+def test_a_once_played_track_below_the_page_gets_its_last_slot_and_pins_stay_put() -> None:
+    ids = [f"t{i}" for i in range(30)]
+    order = list(range(30))
+    # t25 was played once (remembered), t3 is pinned, t27 was played but a slot is all there is.
+    moved, n = _trial(order, ids, remembered=["t25", "t3", "t27"], pins={"t3"}, limit=10, slots=1)
+    assert n == 1 and moved[:10] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 25]
+    assert sorted(moved) == order and moved[10] == 9  # nothing lost: the 10th slides to 11th
+    # Already on the page: nothing moves.
+    assert _trial(order, ids, remembered=["t4"], pins=set(), limit=10, slots=1) == (order, 0)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from services.serving.runtime import Runtime  # annotations only (runtime imports this module lazily)
 
 log = logging.getLogger("ltrr.build")
-ALL_INDEXES = ("lexical", "dense", "q2e", "xr", "suggest")
+ALL_INDEXES = ("lexical", "dense", "structured", "q2e", "xr", "suggest")
 
 
 @dataclass
@@ -72,6 +72,16 @@ def build_indexes(settings: Settings, catalog: Catalog, client: redis.Redis | No
         rows.append(BuildRow("dense (MiniLM + faiss)", time.perf_counter() - t,
                              dir_size_mb(settings.index_dir / "dense"), len(docs),
                              "index: " + ("HNSW" if dense.is_hnsw else "Flat")))
+    if "structured" in only:
+        from retrievers.structured import StructuredRetriever
+
+        t = time.perf_counter()
+        structured = StructuredRetriever()
+        structured.build(docs)
+        structured.save(settings.index_dir / "structured")
+        rows.append(BuildRow("query understanding", time.perf_counter() - t,
+                             dir_size_mb(settings.index_dir / "structured"), len(docs),
+                             f"{len(structured.tag_columns)} tags, {len(structured.concept_columns)} moods"))
     if "q2e" in only:
         if client is None:
             raise RuntimeError("Q2E lives in Redis: no Redis connection")
@@ -106,6 +116,7 @@ def build_suggest(settings: Settings, catalog: Catalog, progress: bool = True) -
 
 def build_opensearch(settings: Settings, docs: list, only: set[str], *, progress: bool) -> list[BuildRow]:
     from retrievers.dense import DenseConfig, document_text
+    from retrievers.descriptors import Descriptors
     from retrievers.encoder import torch_text_encoder
     from retrievers.opensearch_common import OpenSearchSettings
     from retrievers.opensearch_dense import OpenSearchDenseRetriever
@@ -123,8 +134,9 @@ def build_opensearch(settings: Settings, docs: list, only: set[str], *, progress
     if "dense" in only:
         t = time.perf_counter()
         cfg = DenseConfig()
+        descriptors = Descriptors.fit(docs)
         dense = OpenSearchDenseRetriever(os_settings, encode=torch_text_encoder(), model_name=cfg.model_id,
-                                         text_of=lambda d: document_text(d, cfg))
+                                         text_of=lambda d: document_text(d, cfg, descriptors))
         dense.build(docs, progress=progress)
         dense.save(target)
         rows.append(BuildRow(f"dense (opensearch {dense.index_name})", time.perf_counter() - t, None, len(docs)))
@@ -184,7 +196,7 @@ def train_xr(settings: Settings, catalog: Catalog, clicks: Path | None, *, progr
                     f"{len(pairs)} logged pairs" if pairs else "cold start")
 
 
-def train_coldstart(settings: Settings, runtime: Runtime, *, n_queries: int = 6000, seed: int = 0,
+def train_coldstart(settings: Settings, runtime: Runtime, *, n_queries: int = 10000, seed: int = 0,
                     progress: bool = True) -> list[BuildRow]:
     """Trains the cold-start ranker and bandit (see services.offline.coldstart) and publishes both."""
     from ranker import model as ranker_model

@@ -4,6 +4,7 @@ traffic simulator. Seeded: the same rng gives the same typos."""
 
 from __future__ import annotations
 
+import math
 import random
 
 PHONETIC = [("ay", "ey"), ("or", "er"), ("ph", "f"), ("ck", "k"), ("c", "k"), ("ee", "ea"), ("ie", "y"),
@@ -45,3 +46,13 @@ def partial(query: str, rng: random.Random) -> str:
     if len(words) <= 1:
         return query[: max(3, len(query) - rng.randrange(0, 3))]
     return " ".join(words[: rng.randrange(1, len(words))])
+
+
+def typed_prefix(query: str, rng: random.Random, min_share: float = 0.3) -> str:
+    """What a searcher has typed when the results already answer: a cut at any character from
+    min_share of the query (at least 3 characters) to one short of the end, so both "shake it o"
+    and "shake it" occur. Queries under 4 characters stay whole."""
+    if len(query) < 4:
+        return query
+    lo = max(3, math.ceil(min_share * len(query)))
+    return query[: rng.randrange(min(lo, len(query) - 1), len(query))].rstrip()

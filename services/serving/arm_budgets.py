@@ -58,6 +58,19 @@ class ArmBudgets:
     def deadline_ms(self, arm: str) -> float:
         return self._deadline.get(arm, self.cap_ms)
 
+    def by_cost(self, arms: Iterable[str], default: str) -> list[str]:
+        """Every arm, cheapest good one first (measured median latency among those that usually
+        find something), then `default`, then the rest in the order given."""
+        arms = list(arms)
+        good = []
+        with self._lock:
+            for arm in arms:
+                found = self._found.get(arm)
+                if arm in self._median and found and sum(found) >= self.good_share * len(found):
+                    good.append((self._median[arm], arm))
+        ordered = [a for _, a in sorted(good)]
+        return list(dict.fromkeys([*ordered, *([default] if default in arms else []), *arms]))
+
     def cheapest_good(self, arms: Iterable[str], default: str) -> str:
         """The arm with the lowest measured median latency among those that usually find
         something; `default` until enough is measured."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import redis
@@ -26,12 +26,15 @@ from bandit.actions import Action, enumerate_actions
 from bandit.context import build_context
 from bandit.policy import Decision, FixedPolicy
 from logged.records import ActionRecord, DecisionRecord
-from ranker.features import CandidateInput, FeatureRegistry, QueryInput, TrackFeatureCache
+from ranker.features import INTENT_WIDTH, Candidates, FeatureRegistry, QueryInput
+from ranker.profile import DEPTH as PROFILE_DEPTH
+from ranker.profile import build_profile
+from ranker.tracks import TrackRecord, TrackTable
 from retrievers.base import Candidate, Retriever
 from retrievers.q2e import Q2EStats, Q2EStore
 from retrievers.text import normalize
 from services import metrics
-from services.catalog import Catalog, Track, vocabulary
+from services.catalog import AUDIO_FEATURES, Catalog, Track, vocabulary
 from services.config import Settings
 from services.decision_store import DecisionStore, Ranked
 from services.jsonl_log import JsonlWriter
@@ -39,7 +42,7 @@ from services.keys import Keys
 from services.models import ModelHolder
 from services.serving.arm_budgets import ArmBudgets
 from services.serving.filters import CatalogColumns, Facet, SearchFilters
-from services.serving.recordings import collapse, recording_key
+from services.serving.recordings import base_title, collapse, primary_artist, recording_key
 
 log = logging.getLogger(__name__)
 MEMORY_CANDIDATES = 50  # remembered tracks added to the ranked union, at most
@@ -67,6 +70,15 @@ class QueryCosines(Protocol):
     def similarity(self, query_vec: np.ndarray | None, track_ids: Sequence[str]) -> np.ndarray: ...
 
 
+class QueryIntent(Protocol):
+    """What ranking needs of query understanding (retrievers.structured.StructuredRetriever):
+    per catalog track, agreement with the genres, years and mood the query names."""
+
+    track_ids: list[str]
+
+    def intent(self, query: str, rows: np.ndarray) -> np.ndarray | None: ...
+
+
 @dataclass
 class SearchOutcome:
     record: DecisionRecord
@@ -92,6 +104,7 @@ class Components:
     ranker: ModelHolder  # current LightGBM model, or None -> reciprocal-rank fusion fallback
     q2e_store: Q2EStore | None = None  # stats() for context, learned() for the memory, scores() for features
     dense: QueryCosines | None = None  # retrievers.dense.DenseRetriever: query vector + cosine for candidates
+    intent: QueryIntent | None = None  # retrievers.structured.StructuredRetriever: what the query names
 
 
 class SearchPipeline:
@@ -108,11 +121,9 @@ class SearchPipeline:
                                                        include_all=settings.include_all_action)
         self.action_records = [ActionRecord(arms=a.arms, budget=a.budget) for a in self.actions]
         self.registry = FeatureRegistry(tuple(settings.retrievers))
-        self.track_cache = TrackFeatureCache()
         # Normalize and tokenize every track once at start-up, not per search: with 300 candidates
         # per query, per-candidate text work would dominate the ranking stage.
-        self.static = {t.track_id: _static_fields(t) for t in parts.catalog.tracks}
-        self.track_cache.warm(self._candidate_input(t.track_id) for t in parts.catalog.tracks)
+        self.table = TrackTable.build(_track_record(t) for t in parts.catalog.tracks)
         self.vocab = vocabulary(parts.catalog)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="retriever")
         self.default_policy = FixedPolicy([a for a in settings.default_arms if a in names] or names[:1])
@@ -183,21 +194,28 @@ class SearchPipeline:
         if mask is not None:
             results = {a: self._filtered(cands, mask, budget) for a, cands in results.items()}
         served_arms = decision.action.arms
-        if not any(results.get(a) for a in served_arms) and (
-                fallback := self.budgets.cheapest_good(self.parts.retrievers, self.fallback_arm)) not in run_arms:
-            # Every chosen retriever failed, timed out or found nothing (Q2E has no memory of a new
-            # query, XR knows none of its n-grams): answer from the cheapest good arm rather than
-            # with nothing (services.serving.arm_budgets). Its candidates are logged under its own name and
-            # the bandit is rewarded only for items its chosen arms found, so the empty choice
-            # earns 0 and is learned as such.
-            more, more_failed, more_ms, more_deadlines = self._retrieve(query, (fallback,), fetch)
-            if mask is not None:
-                more = {a: self._filtered(cands, mask, budget) for a, cands in more.items()}
-            results.update(more)
-            failed += more_failed
-            per_ms.update(more_ms)
-            deadlines.update(more_deadlines)
-            served_arms = (*served_arms, fallback)
+        if mask is None and not self._enough(results, served_arms, limit, collapse_versions):
+            # The chosen retrievers failed, timed out or found too little for the page (Q2E has no
+            # memory of a new query, XR knows none of its n-grams, "workout" is in four titles): the
+            # other arms fill it, cheapest good one first (services.serving.arm_budgets), rather than
+            # a short or empty page (a filtered search is filled by the exact scan below instead).
+            # They run here, past any deadline: they are the last resort, and on a saturated machine
+            # (every arm queued past its deadline) a late answer beats an empty page. Their
+            # candidates are logged under their own names; a chosen arm that failed stays in
+            # `failed`, and the bandit is rewarded only for items its chosen arms found, so what a
+            # filler found earns the choice nothing.
+            for filler in self.budgets.by_cost(self.parts.retrievers, self.fallback_arm):
+                if filler in served_arms and filler not in failed:
+                    continue
+                if filler not in results or filler in failed:
+                    more = self._retrieve_now(query, filler, fetch)
+                    if more is None:
+                        continue
+                    cands, per_ms[filler] = more
+                    results[filler] = self._filtered(cands, mask, budget) if mask is not None else cands
+                served_arms = tuple(dict.fromkeys((*served_arms, filler)))
+                if self._enough(results, served_arms, limit, collapse_versions):
+                    break
         found = {c.track_id for a in served_arms for c in results.get(a, ())}
         if mask is not None and len({self.recording_of[t] for t in found} if collapse_versions else found) < limit:
             # Too few allowed tracks among what the retrievers found: add the best allowed ones by
@@ -231,6 +249,10 @@ class SearchPipeline:
             pos = {tid: i for i, tid in enumerate(ids)}
             versions = {rep: others for rep, others in groups[:keep] if others}
             order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
+        if self.settings.memory_trial_slots and remembered:
+            order, trials = _trial(order, ids, remembered, set(memory), limit, self.settings.memory_trial_slots)
+            if trials:
+                metrics.MEMORY_TRIALS.inc(trials)
         facet_counts = self.columns.facets(ids, facets) if facets else None
         timings["rank"] = _ms(t)
         t = time.perf_counter()
@@ -421,6 +443,21 @@ class SearchPipeline:
             metrics.RETRIEVER_DEADLINE.labels(retriever=arm).set(ms / 1000.0)
         return results, failed, per_ms, deadlines
 
+    def _enough(self, results: Mapping[str, list[Candidate]], arms: Sequence[str], limit: int,
+                by_recording: bool) -> bool:
+        """Whether `arms` found a page's worth: `limit` tracks, or recordings when versions collapse."""
+        found = {c.track_id for a in arms for c in results.get(a, ())}
+        return len({self.recording_of.get(t, t) for t in found} if by_recording else found) >= limit
+
+    def _retrieve_now(self, query: str, arm: str, budget: int) -> tuple[list[Candidate], float] | None:
+        """One arm in this thread, without a deadline; None if it fails."""
+        try:
+            return self._timed(self.parts.retrievers[arm], query, budget)
+        except Exception as exc:
+            metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="error").inc()
+            log.error("fallback retriever %s failed: %r", arm, exc)
+            return None
+
     def _log_timeout(self, arm: str, deadline_ms: float) -> None:
         """One line per arm per 10 s: under overload every search could time out, and the
         counters (not the log) carry the rate."""
@@ -446,26 +483,50 @@ class SearchPipeline:
         queries of a new deployment) skips the memory's score lookup, whose answer would be empty:
         a 200-id script call cost ~3 ms of a 25 ms search."""
         depth = self.settings.rerank_depth
-        ids = [tid for i, tid in enumerate(union_ids) if (i < depth or (keep and tid in keep))
-               and tid in self.parts.catalog.by_id]
+        row_of = self.table.row_of
+        ids = [tid for i, tid in enumerate(union_ids) if (i < depth or (keep and tid in keep)) and tid in row_of]
         if not ids:
             return [], np.zeros((0, self.registry.dim), dtype=np.float32)
-        by_arm: dict[str, dict[str, tuple[float, int]]] = {
-            a: {c.track_id: (c.score, c.rank) for c in cands} for a, cands in results.items() if a in served_arms}
-        dense_cos = self._dense_cosines(query, ids) if "dense" in by_arm else None
-        q2e_scores = self._q2e_scores(qnorm, ids) if q2e_known else None
-        cands = []
-        for i, tid in enumerate(ids):
-            q2e = by_arm.get("q2e", {}).get(tid)
-            cands.append(self._candidate_input(
-                tid, retriever_scores={a: sc[tid] for a, sc in by_arm.items() if tid in sc},
-                dense_cos=None if dense_cos is None else float(dense_cos[i]),
-                q2e_score=q2e[0] if q2e else None,
-                q2e_ctr=q2e_scores.get(tid) if q2e_scores else None))
-        return ids, self.registry.featurize(QueryInput(qnorm, affinity or {}), cands, self.track_cache)
+        n = len(ids)
+        pos = {tid: i for i, tid in enumerate(ids)}
+        scores: dict[str, np.ndarray] = {}
+        ranks: dict[str, np.ndarray] = {}
+        voters: dict[str, list[int]] = {}
+        for arm, cands in results.items():
+            if arm not in served_arms:
+                continue
+            sc = np.full(n, np.nan, dtype=np.float32)
+            rk = np.full(n, np.nan, dtype=np.float32)
+            for c in cands:
+                i = pos.get(c.track_id)
+                if i is not None:
+                    sc[i], rk[i] = c.score, c.rank
+            scores[arm], ranks[arm] = sc, rk
+            # The pseudo-relevance profile (ranker.profile) is voted by every served list's top results.
+            voters[arm] = [row_of[c.track_id] for c in cands[:PROFILE_DEPTH] if c.track_id in row_of]
+        dense_cos = self._dense_cosines(query, ids) if "dense" in scores else None
+        q2e_ctr = None
+        if q2e_known and (q2e := self._q2e_scores(qnorm, ids)):
+            q2e_ctr = np.array([q2e.get(t, np.nan) for t in ids], dtype=np.float32)
+        rows = self.table.rows(ids)
+        profile = build_profile(self.table, voters) if voters else None
+        cands_in = Candidates(rows=rows, retriever_scores=scores, retriever_ranks=ranks,
+                              dense_cos=None if dense_cos is None else dense_cos.astype(np.float32),
+                              q2e_ctr=q2e_ctr, intent=self._intent(query, rows))
+        return ids, self.registry.featurize(QueryInput(qnorm, affinity or {}, profile), cands_in, self.table)
 
-    def _candidate_input(self, tid: str, **dynamic: Any) -> CandidateInput:
-        return CandidateInput(tid, *self.static[tid], **dynamic)
+    def _intent(self, query: str, rows: np.ndarray) -> np.ndarray | None:
+        """Agreement with the genres, years and mood the query names (NaN columns where it names
+        none); None without query understanding."""
+        qu = self.parts.intent
+        if qu is None:
+            return None
+        try:
+            got = qu.intent(query, rows)
+        except Exception as exc:  # a feature, not the search: degrade to NaN
+            log.warning("query-intent features failed: %r", exc)
+            return None
+        return None if got is None or got.shape != (len(rows), INTENT_WIDTH) else got
 
     def score(self, x: np.ndarray, ids: list[str], results: dict[str, list[Candidate]],
               served_arms: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
@@ -529,10 +590,12 @@ class SearchPipeline:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _static_fields(t: Track) -> tuple[str, str, str, tuple[str, ...], float, int | None]:
-    """CandidateInput's per-track fields, in its positional order after track_id."""
-    return (normalize(t.title), normalize(t.artist), normalize(t.album),
-            tuple(normalize(g) for g in t.genres + t.subgenres), t.popularity / 100.0, t.year)
+def _track_record(t: Track) -> TrackRecord:
+    """What the ranker's track table holds of a catalog track (normalized as at indexing time)."""
+    return TrackRecord(t.track_id, normalize(t.title), normalize(t.artist), normalize(t.album),
+                       tuple(normalize(g) for g in t.genres + t.subgenres), t.popularity / 100.0, t.year,
+                       primary_artist(t.artist), tuple(float(getattr(t, f)) for f in AUDIO_FEATURES),
+                       base_title(t.title))
 
 
 def policy_name(policy: object) -> str:
@@ -554,6 +617,24 @@ def _pin(order: list[int], ids: list[str], memory: list[str]) -> list[int]:
     head = [where[t] for t in memory if t in where]
     taken = set(head)
     return head + [i for i in order if i not in taken]
+
+
+def _trial(order: list[int], ids: list[str], remembered: list[str], pins: set[str], limit: int,
+           slots: int) -> tuple[list[int], int]:
+    """The ranking with up to `slots` remembered (played, not skipped away) but unpinned tracks
+    that fell below the page moved into its last slots, best remembered first: (order, moved).
+    Only tracks the ranking holds move (a collapsed-away version stays with its recording)."""
+    on_page = set(order[:limit])
+    where = {tid: i for i, tid in enumerate(ids)}
+    ranked = set(order)
+    moving = [where[t] for t in remembered
+              if t not in pins and t in where and where[t] in ranked and where[t] not in on_page][:slots]
+    if not moving or limit <= len(moving):
+        return order, 0
+    taken = set(moving)
+    rest = [i for i in order if i not in taken]
+    at = limit - len(moving)
+    return rest[:at] + moving + rest[at:], len(moving)
 
 
 def _rows(x: np.ndarray) -> list[list[float | None]]:

@@ -8,8 +8,9 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -31,6 +32,11 @@ from services.redis_server import EmbeddedRedis
 from services.serving.feedback import FeedbackIngest
 from services.serving.pipeline import Components, SearchPipeline
 from services.serving.suggest_service import SuggestService, suggest_holder
+
+if TYPE_CHECKING:  # imported lazily at run time: each pulls a heavy library (faiss, PECOS)
+    from retrievers.dense import DenseRetriever
+    from retrievers.q2e import RedisQ2EStore
+    from retrievers.structured import StructuredRetriever
 
 log = logging.getLogger("ltrr.runtime")
 
@@ -263,17 +269,45 @@ def xr_holder(settings: Settings, on_change: Callable[[Retriever], None] | None 
     return ModelHolder("xr", source, on_change=on_change)
 
 
-def load_retrievers(settings: Settings, client: redis.Redis | None, *,
-                    xr: ModelHolder[Retriever] | None = None) -> tuple[dict[str, Retriever], Any, Any]:
-    """Returns (retrievers by name, dense retriever, q2e store). A missing index is skipped with
-    a warning, so a partial build still serves. XR comes from `xr` (a holder the caller keeps to
-    hot-swap it) or from a holder made here."""
+@dataclass
+class LoadedRetrievers:
+    by_name: dict[str, Retriever]  # the bandit's arms
+    dense: DenseRetriever | None  # also the ranker's query/track cosines
+    q2e_store: RedisQ2EStore | None  # also the context's and the memory's reads
+    structured: StructuredRetriever | None  # query understanding: the ranker's intent features
+
+
+def load_structured(settings: Settings, catalog: Catalog) -> StructuredRetriever:
+    """Query understanding over the catalog's columns: the saved index when `ltrr index build`
+    wrote one for this catalog, else built here (about a second for 28k tracks)."""
+    from retrievers.structured import StructuredRetriever
+
+    path = settings.index_dir / "structured"
+    if path.exists():
+        try:
+            loaded = StructuredRetriever.load(path)
+            if loaded.ids == [t.track_id for t in catalog.tracks]:
+                return loaded
+            log.warning("%s was built for another catalog; rebuilding it in memory", path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot load %s (%r); rebuilding it in memory", path, exc)
+    built = StructuredRetriever()
+    built.build(catalog.documents())
+    return built
+
+
+def load_retrievers(settings: Settings, client: redis.Redis | None, catalog: Catalog, *,
+                    xr: ModelHolder[Retriever] | None = None) -> LoadedRetrievers:
+    """The retrievers by name, plus the parts ranking reads beside them. A missing index is
+    skipped with a warning, so a partial build still serves. XR comes from `xr` (a holder the
+    caller keeps to hot-swap it) or from a holder made here."""
     from retrievers.dense import DenseRetriever
     from retrievers.lexical import TantivyRetriever
     from retrievers.q2e import Q2ERetriever, RedisQ2EStore
 
     out: dict[str, Retriever] = {}
-    dense = q2e_store = None
+    dense: DenseRetriever | None = None
+    q2e_store: RedisQ2EStore | None = None
     idx = settings.index_dir
     wanted = set(settings.retrievers)
     if settings.backend == "opensearch":
@@ -303,10 +337,13 @@ def load_retrievers(settings: Settings, client: redis.Redis | None, *,
     if "q2e" in wanted and client is not None:
         q2e_store = RedisQ2EStore(client, prefix=f"{Keys().prefix}:q2e")
         out["q2e"] = Q2ERetriever(q2e_store)
+    structured = load_structured(settings, catalog)
+    if "structured" in wanted:
+        out["structured"] = structured
     missing = wanted - set(out)
     if missing:
         log.warning("serving without %s: build them with `ltrr index build` / `ltrr train`", sorted(missing))
-    return out, dense, q2e_store
+    return LoadedRetrievers(out, dense, q2e_store, structured)
 
 
 def single_threaded_kernels() -> None:
@@ -335,14 +372,15 @@ class Runtime:
         # Every model kind comes from a holder: verified, promoted version, falling back to the
         # previous promoted ones when the newest is broken (never a process abort in PECOS).
         self.xr = xr_holder(settings)
-        retrievers, self.dense, self.q2e_store = load_retrievers(settings, self.redis, xr=self.xr)
+        loaded = load_retrievers(settings, self.redis, self.catalog, xr=self.xr)
+        retrievers, self.dense, self.q2e_store = loaded.by_name, loaded.dense, loaded.q2e_store
         self.bandit_store = BanditStore(settings, self.redis, self.keys)
         self.policy: ModelHolder[VWPolicy] = ModelHolder("bandit", self.bandit_store, default=self.bandit_store.fresh)
         version = self.policy.version
         self.ranker = ranker_holder(settings)
         self.decision_log = JsonlWriter(settings.logs_dir, "decisions")
         parts = Components(catalog=self.catalog, retrievers=retrievers, policy=self.policy, ranker=self.ranker,
-                           q2e_store=self.q2e_store, dense=self.dense)
+                           q2e_store=self.q2e_store, dense=self.dense, intent=loaded.structured)
         self.activity = ActivityRecorder(self.redis, self.keys)
         self.pipeline = SearchPipeline(settings, parts, self.redis, self.keys, self.decision_log,
                                        activity=self.activity)
