@@ -1,13 +1,19 @@
-"""Ranker micro-benchmark on the shipped catalog: featurize + predict latency for 300 candidates,
-LambdaMART training time for 2,000 queries x 100 candidates, and cold-start quality.
+"""Ranker latency on a built data dir: featurize + predict for 300 real candidates per query.
 
-Candidates come from a simple in-benchmark token-overlap retriever (so this benchmark measures the
-ranker alone, independent of the real retrievers); training data is the self-supervised cold-start
-set built from the metadata pseudo-queries (artist+title, title, artist, ...). Latency is reported
-both as wall time and as thread CPU time, because on a shared 2-core machine wall time includes
-waiting for the CPU.
+For each query (the dev topic queries and the spearfish set of bench/relevance_sets.py) every
+retriever of the data dir runs with a budget deep enough that their union holds at least 300
+tracks; the first 300 are ranked by the production code:
 
-`python -m bench.bench_ranker [--quick]` writes bench/results/ranker.json.
+- `featurize`: `SearchPipeline.featurize`, what /search runs (the registry's vectorized features
+  over the TrackTable, the pseudo-relevance profile, query-understanding intent, the dense
+  cosines of every candidate, the click memory's lookup when it knows the query);
+- `table_features`: the registry's part of it alone (`FeatureRegistry.featurize`, inputs ready);
+- `predict`: the served LightGBM model on those rows.
+
+Wall time and thread CPU time are both reported: on a shared 2-core machine wall time includes
+waiting for the CPU. Target: featurize + predict <= 2 ms p50 for 300 candidates.
+
+    python -m bench.bench_ranker [--data-dir var] [--quick]   -> bench/results/ranker.json
 """
 
 from __future__ import annotations
@@ -15,151 +21,84 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
-from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, latency_summary, write_result
-from ranker import selfsupervised
-from ranker.features import DEFAULT_REGISTRY, CandidateInput, QueryInput, TrackFeatureCache, featurize
-from ranker.model import train
-from retrievers.pseudo_queries import generate_all
-from retrievers.text import normalize
-from services.catalog import Catalog
+from bench.common import latency_summary, write_result
+from bench.relevance_sets import spearfish_set, topic_set
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+N_CANDIDATES = 300
 
 
-class TokenRetriever:
-    """Token-overlap retriever with a popularity tie-break, plus a few random 'dense' neighbours so
-    candidates carry more than one retriever's score."""
+def run(data_dir: Path, *, quick: bool = False) -> dict[str, object]:
+    from ranker.features import Candidates, QueryInput
+    from retrievers.text import normalize
+    from services.config import Settings
+    from services.serving.runtime import Runtime
 
-    def __init__(self, catalog: Catalog, seed: int = 0) -> None:
-        self.tracks = catalog.tracks
-        self.norm = [(normalize(t.title), normalize(t.artist), normalize(t.album)) for t in self.tracks]
-        self.genres = [tuple(normalize(g) for g in t.genres) for t in self.tracks]
-        self.index: dict[str, list[int]] = defaultdict(list)
-        for i, (ti, ar, al) in enumerate(self.norm):
-            for tok in set(f"{ti} {ar} {al}".split()):
-                self.index[tok].append(i)
-        self.rng = random.Random(seed)
+    rt = Runtime(Settings(data_dir=data_dir, redis_url=None, embedded_worker=False), start_worker=False)
+    try:
+        pipe = rt.pipeline
+        model = rt.ranker.current()
+        if model is None:
+            raise SystemExit(f"{data_dir} has no loadable ranker: build it the README's way first")
+        queries = [q.text for q in topic_set()] + [q.text for q in spearfish_set(rt.catalog, 40 if quick else 120)]
+        if quick:
+            queries = queries[::3]
+        arms = tuple(pipe.parts.retrievers)
+        feat_wall, feat_cpu, table_wall, pred_wall, pred_cpu, total_wall, sizes = [], [], [], [], [], [], []
+        for i, q in enumerate(queries):
+            qnorm = normalize(q)
+            results = {a: pipe.parts.retrievers[a].retrieve(q, 200) for a in arms}
+            union = list(dict.fromkeys(c.track_id for a in arms for c in results[a]))[:N_CANDIDATES]
+            w0, c0 = time.perf_counter(), time.thread_time()
+            ids, x = pipe.featurize(qnorm, q, union, results, None, arms, keep=set(union))
+            w1, c1 = time.perf_counter(), time.thread_time()
+            model.predict(x)
+            w2, c2 = time.perf_counter(), time.thread_time()
+            rows = pipe.table.rows(ids)
+            w3 = time.perf_counter()
+            pipe.registry.featurize(QueryInput(qnorm), Candidates(rows=rows), pipe.table)
+            w4 = time.perf_counter()
+            if i < 10:
+                continue  # warm-up: first calls pay for lazy loading
+            sizes.append(len(ids))
+            feat_wall.append(w1 - w0)
+            feat_cpu.append(c1 - c0)
+            pred_wall.append(w2 - w1)
+            pred_cpu.append(c2 - c1)
+            total_wall.append(w2 - w0)
+            table_wall.append(w4 - w3)
+        return {
+            "data_dir": str(data_dir), "quick": quick, "queries": len(sizes),
+            "candidates_median": float(np.median(sizes)), "n_features": pipe.registry.dim,
+            "ranker_version": rt.ranker.version, "trees": model.booster.num_trees(),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+            "featurize_wall": latency_summary(feat_wall), "featurize_cpu": latency_summary(feat_cpu),
+            "table_features_wall": latency_summary(table_wall),
+            "predict_wall": latency_summary(pred_wall), "predict_cpu": latency_summary(pred_cpu),
+            "featurize_plus_predict_wall": latency_summary(total_wall),
+            "target_ms": 2.0,
+        }
+    finally:
+        rt.close()
 
-    def candidates(self, query: str, k: int) -> list[CandidateInput]:
-        counts: dict[int, int] = defaultdict(int)
-        for tok in set(query.split()):
-            for i in self.index.get(tok, ()):
-                counts[i] += 1
-        lex = sorted(counts, key=lambda i: (-counts[i], -self.tracks[i].popularity))[:k]
-        chosen = list(dict.fromkeys(lex + self.rng.sample(range(len(self.tracks)), max(10, k - len(lex)))))[:k]
-        lex_rank = {i: r for r, i in enumerate(lex, start=1)}
-        out = []
-        for r, i in enumerate(chosen, start=1):
-            t = self.tracks[i]
-            scores: dict[str, tuple[float, int]] = {}
-            if i in lex_rank:
-                scores["lexical"] = (counts[i] + t.popularity / 100.0, lex_rank[i])
-            if i not in lex_rank or r % 7 == 0:
-                scores["dense"] = (self.rng.uniform(0.2, 0.8), r)
-            ti, ar, al = self.norm[i]
-            out.append(CandidateInput(t.track_id, ti, ar, al, self.genres[i], t.popularity / 100.0, t.year, scores,
-                                      dense_cos=self.rng.uniform(0.0, 0.8)))
-        return out
 
+def main() -> None:
+    from services.config import Settings
 
-def _mrr(scores: np.ndarray, ids: list[str], target: str) -> float:
-    if target not in ids:
-        return 0.0
-    order = np.argsort(-scores, kind="stable")
-    pos = int(np.nonzero(order == ids.index(target))[0][0])
-    return 1.0 / (pos + 1)
-
-
-def run(quick: bool = False) -> dict:
-    catalog = Catalog.load(ROOT / "data" / "tracks.csv.gz")
-    retr = TokenRetriever(catalog)
-    pseudo = generate_all(catalog.documents())
-    pairs = [selfsupervised.PseudoPair(p.query, p.doc_id, p.template) for p in pseudo
-             if p.template in ("artist_title", "title_artist", "title", "artist", "album")]
-    n_train, n_timed = (200, 100) if quick else (2000, 300)
-    groups = selfsupervised.sample_queries(pairs, n_train + n_timed, seed=1)
-    queries = list(groups)
-    train_groups = {q: groups[q] for q in queries[:n_train]}
-    test_queries = queries[n_train:]
-
-    cache = TrackFeatureCache()
-    t = time.perf_counter()
-    cache.warm(CandidateInput(t.track_id, *retr.norm[i]) for i, t in enumerate(catalog.tracks))
-    warm_s = time.perf_counter() - t
-
-    def cands100(q: str) -> tuple[list[str], np.ndarray]:
-        cs = retr.candidates(q, 100)
-        return [c.track_id for c in cs], featurize(QueryInput(q), cs, cache)
-
-    t = time.perf_counter()
-    data, stats = selfsupervised.build_training_set(train_groups, cands100)
-    build_s = time.perf_counter() - t
-    t = time.perf_counter()
-    model = train(data.X, data.y, data.group, num_threads=1)
-    train_s = time.perf_counter() - t
-
-    # Serving path: 300 candidates per query, warm cache (serving keeps one for the process).
-    batches = [(q, retr.candidates(q, 300)) for q in test_queries]
-    for q, cs in batches[:20]:
-        model.predict(featurize(QueryInput(q, {"pop": 0.5, "rock": 0.2}), cs, cache))
-    cold_cache = TrackFeatureCache()
-    cold = []
-    for q, cs in batches[: min(50, len(batches))]:
-        s = time.perf_counter()
-        featurize(QueryInput(q), cs, cold_cache)
-        cold.append(time.perf_counter() - s)
-        cold_cache = TrackFeatureCache()
-    f_wall, f_cpu, p_wall, p_cpu, tot_wall = [], [], [], [], []
-    mrr_model, mrr_lex = [], []
-    for q, cs in batches:
-        qi = QueryInput(q, {"pop": 0.5, "rock": 0.2})
-        w0, c0 = time.perf_counter(), time.thread_time()
-        x = featurize(qi, cs, cache)
-        w1, c1 = time.perf_counter(), time.thread_time()
-        scores = model.predict(x)
-        w2, c2 = time.perf_counter(), time.thread_time()
-        f_wall.append(w1 - w0)
-        f_cpu.append(c1 - c0)
-        p_wall.append(w2 - w1)
-        p_cpu.append(c2 - c1)
-        tot_wall.append(w2 - w0)
-        ids = [c.track_id for c in cs]
-        target = max(groups[q], key=groups[q].get)
-        lex_scores = -x[:, DEFAULT_REGISTRY.index["ret_lexical_rank"]]
-        mrr_model.append(_mrr(scores, ids, target))
-        mrr_lex.append(_mrr(np.nan_to_num(lex_scores, nan=-1e9), ids, target))
-
-    return {
-        "n_features": DEFAULT_REGISTRY.dim,
-        "registry_version": DEFAULT_REGISTRY.version,
-        "load_average_1m": os.getloadavg()[0],
-        "featurize_300_wall": latency_summary(f_wall),
-        "featurize_300_cpu": latency_summary(f_cpu),
-        "featurize_300_cold_cache_wall": latency_summary(cold),
-        "cache_warm_whole_catalog_s": warm_s,
-        "predict_300_wall": latency_summary(p_wall),
-        "predict_300_cpu": latency_summary(p_cpu),
-        "featurize_plus_predict_300_wall": latency_summary(tot_wall),
-        "target_ms": 2.0,
-        "train": {"queries": int(data.group.size), "rows": int(data.X.shape[0]), "build_candidates_s": build_s,
-                  "train_s": train_s, "trees": model.booster.num_trees(), "num_threads": 1, **stats},
-        "cold_start_quality": {
-            "held_out_queries": len(batches),
-            "mrr_source_track_model": float(np.mean(mrr_model)),
-            "mrr_source_track_lexical_order": float(np.mean(mrr_lex)),
-            "note": "pseudo-query -> source track on held-out pseudo queries; synthetic, not user judgments",
-        },
-        "quick": quick,
-    }
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=Settings().data_dir, help="a built data dir (default ./var)")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    result = {"command": "python -m bench.bench_ranker " + " ".join(os.sys.argv[1:]),
+              **run(args.data_dir.resolve(), quick=args.quick)}
+    print(json.dumps(result, indent=2, default=float))
+    print(write_result("ranker", result))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    result = run(quick=ap.parse_args().quick)
-    print(json.dumps(result, indent=2, default=float))
-    print(write_result("ranker", result))
+    main()

@@ -13,8 +13,8 @@ serves it in the pipeline too, so a lexical change can be measured on an older d
 cold-start ranker was trained on the old index's scores, so /search then mixes the two.
 
 `structured` is retrievers.structured.StructuredRetriever (query understanding: genre / decade
-filters, mood -> audio-feature closeness, popularity), built here from the catalog; the pipeline
-does not run it yet.
+filters, mood -> audio-feature closeness, popularity) of the data dir. The pipeline reads it for
+the ranker's intent features; it is an arm only when LTRR_RETRIEVERS names it.
 
 `search` is /search as served by default (one result per recording, `collapse=true`);
 `search-uncollapsed` is /search with `collapse=false` (every release of a recording may show).
@@ -118,9 +118,7 @@ def fixed_policy_search(rt: Runtime, arms: Sequence[str] | None, search: Ranker)
 
 def run(data_dir: Path, *, quick: bool = False, fresh_lexical: bool = False, label: str = "",
         n_per_kind: int | None = None, systems: Sequence[str] | None = None) -> dict[str, object]:
-    from retrievers.base import Document
     from retrievers.lexical import TantivyRetriever
-    from retrievers.structured import StructuredRetriever
     from services.config import Settings
     from services.serving.runtime import Runtime
 
@@ -148,10 +146,7 @@ def run(data_dir: Path, *, quick: bool = False, fresh_lexical: bool = False, lab
         def search(q: str) -> list[str]:
             return list(rt.pipeline.search(q, K_RECALL, analytics=False).record.served)
 
-        # Document.extra carries no tempo (services.catalog.track_document); the structured retriever uses it.
-        structured = StructuredRetriever()
-        structured.build([Document(d.doc_id, d.fields, d.popularity, {**d.extra, "tempo": catalog.get(d.doc_id).tempo})
-                          for d in catalog.documents()])
+        structured = rt.pipeline.parts.intent  # query understanding, loaded with the data dir
         singles_by_name = {**retrievers, "structured": structured}
         rankers: dict[str, Ranker] = {name: retriever_ranker(r) for name, r in singles_by_name.items()}
         rankers["search"] = search

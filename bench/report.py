@@ -135,7 +135,7 @@ TARGETS: list[Target] = [
      "synthetic_1000k/peak_rss_mb_after_train", lambda v: True),
     ("bandit decide p50", "<= 0.2 ms", "bandit", "epsilon/decide/p50_ms", lambda v: v <= 0.2),
     ("ranker featurize + predict, 300 candidates, p50", "<= 2 ms", "ranker",
-     "featurize_plus_predict_300_wall/p50_ms", lambda v: v <= 2),
+     "featurize_plus_predict_wall/p50_ms", lambda v: v <= 2),
     ("click replay: dev topic nDCG@10 of the traffic half, after / before 6 rounds", ">= 2x", "clicks",
      "table/full/topic_traffic/ratio", lambda v: v >= 2),
     ("click replay: dev topic nDCG@10 of the quiet half, after - before", ">= -0.005", "clicks",
