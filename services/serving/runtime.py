@@ -312,10 +312,15 @@ def load_retrievers(settings: Settings, client: redis.Redis | None, *,
 def single_threaded_kernels() -> None:
     """One thread per numeric kernel while serving: concurrency comes from concurrent requests,
     and OpenMP teams spin-waiting for a busy second core made one faiss Flat search over 28k
-    vectors take 48 ms instead of 8 ms on a loaded 2-core machine."""
+    vectors take 48 ms instead of 8 ms on a loaded 2-core machine. The same holds for OpenBLAS
+    (numpy's, scipy's and faiss's copies): after each matrix-vector product of the dense cosine
+    features its second thread spins in sched_yield, which py-spy/gdb showed burning 5-8 ms of CPU
+    per search under load, as much as the search itself."""
     import faiss
+    from threadpoolctl import threadpool_limits
 
     faiss.omp_set_num_threads(1)
+    threadpool_limits(limits=1)  # every BLAS and OpenMP runtime loaded so far, for the process's life
     try:
         import torch
 
@@ -349,6 +354,7 @@ class Runtime:
         self.xr.on_change = self._swap_xr
         self.suggest_model = suggest_holder(settings)
         self.pipeline.warm_up()
+        single_threaded_kernels()  # again: loading the models brought in more BLAS/OpenMP copies (scipy's)
         self.decisions = DecisionStore.from_settings(self.redis, self.keys, settings)
         self.ingest = FeedbackIngest(self.redis, self.keys, self.decisions)
         self.worker = None
