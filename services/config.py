@@ -56,6 +56,10 @@ class Settings(BaseModel):
     search_queue: int = Field(default=256, ge=0, le=100_000)
     shed_queue: int = Field(default=32, ge=0)  # above search_queue: never shed
     rerank_depth: int = Field(default=200, ge=10, le=2000)  # union size the ranker scores
+    # Per-arm retrieval cache (services.serving.retrieval_cache): this many (arm, version, query,
+    # k) candidate lists per process, ~9 kB each at k=100; 0 = off. Repeated queries (Zipfian
+    # traffic) then skip lexical, dense and XR-Linear.
+    retrieval_cache_entries: int = Field(default=4096, ge=0, le=1_000_000)
     # Query encoder precision for the embedded dense arm. int8 measured 2.5x faster than fp32 with
     # the same quality (SciFact nDCG@10 0.647 vs 0.645, dev playlists 0.078 vs 0.078; bench_dense);
     # it is used only if its export passed verification, else fp32.

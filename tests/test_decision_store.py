@@ -33,6 +33,8 @@ def test_a_search_keeps_its_full_decision_only_until_its_reward(served) -> None:
     client = TestClient(create_app(rt))
     body = client.get("/search", params={"q": "sad love songs", "limit": 10}).json()
     sid, shown = body["search_id"], [h["track_id"] for h in body["results"]]
+    assert r.exists(keys.served(sid))  # what /feedback validates against is there when the response is
+    rt.pipeline.flush()  # the full decision follows on the writer's thread
     decision_ttl = r.ttl(keys.decision(sid))
     assert 0 < decision_ttl <= settings.reward.wait_s + settings.decision_grace_s
     assert settings.decision_ttl_s - 5 <= r.ttl(keys.served(sid)) <= settings.decision_ttl_s
@@ -64,6 +66,7 @@ def test_a_search_keeps_its_full_decision_only_until_its_reward(served) -> None:
 def test_a_due_search_whose_decision_expired_is_dropped(served) -> None:
     rt, worker = served
     out = rt.pipeline.search("gym rap", 10)
+    rt.pipeline.flush()
     rt.redis.delete(rt.keys.decision(out.record.search_id))  # as if it outlived reward wait + grace
     assert worker.sweep(time.time() + rt.settings.reward.wait_s + 1) == 0
     assert rt.redis.zscore(rt.keys.pending, out.record.search_id) is None
@@ -76,6 +79,7 @@ def test_the_updates_stream_is_trimmed_to_what_a_restart_could_need(served) -> N
     for i in range(5):
         for q in ("rainy day", "road trip", "workout"):
             rt.pipeline.search(f"{q} {i}", 10)
+        rt.pipeline.flush()
         assert worker.sweep(time.time() + settings.reward.wait_s + 1) == 3
         learner.step()
         learner.checkpoint(force=True)

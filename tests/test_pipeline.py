@@ -56,6 +56,7 @@ def test_exact_title_artist_query_ranks_that_track_first(runtime: Runtime, query
 
 def test_decision_record_round_trips_through_redis(runtime: Runtime) -> None:
     out = runtime.pipeline.search("dance monkey", 5)
+    runtime.pipeline.flush()  # the full record is written after the search returns
     raw = runtime.redis.get(runtime.keys.decision(out.record.search_id))
     back = DecisionRecord.model_validate_json(raw)
     assert back == out.record
@@ -123,6 +124,7 @@ def test_a_retriever_gets_a_deadline_from_its_own_latency(runtime: Runtime) -> N
         pipe.budgets.observe("dense", 2.0, found=True)
     assert pipe.budgets.deadline_ms("dense") == 6.0 < pipe.budgets.cap_ms
     pipe.parts.retrievers["dense"] = _Sleeping()
+    pipe.retrieval_cache.invalidate("lexical")  # a cached arm is not run, so it would get no deadline
     before = _metric("ltrr_searches_degraded_total")
     try:
         results, failed, _, deadlines = pipe._retrieve("shape of you", ("lexical", "dense"), 50)

@@ -384,8 +384,10 @@ class Runtime:
         return {h.kind: h.status() for h in self.holders()}
 
     def _swap_xr(self, model: Retriever) -> None:
-        # Retrievers are read per search from this dict, so one assignment swaps the model.
+        # Retrievers are read per search from this dict, so one assignment swaps the model. Its
+        # cached lists go with the old model (a new version is a new key anyway).
         self.pipeline.parts.retrievers["xr"] = model
+        self.pipeline.retrieval_cache.invalidate("xr")
 
     def xr_version(self) -> str | None:
         return self.xr.version
