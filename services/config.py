@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RETRIEVERS = ("lexical", "dense", "xr", "q2e")
 
 
+def default_workers() -> int:
+    """The cores this process may use (its CPU affinity, which containers and taskset narrow),
+    else os.cpu_count(); at most 64 (the setting's bound)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(64, cores))
+
+
 class Settings(BaseModel):
     data_dir: Path = ROOT / "var"
     catalog: Path = ROOT / "data" / "tracks.csv.gz"
@@ -27,9 +37,11 @@ class Settings(BaseModel):
     redis_url: str | None = None  # unset: the service starts its own redis-server (embedded default)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # API worker processes. Python runs one search at a time per process (the GIL), so throughput
-    # scales with processes, each holding its own copy of the indexes and models.
-    workers: int = Field(default=1, ge=1, le=64)
+    # API worker processes, by default one per core this process may run on. Python runs one
+    # search at a time per process (the GIL), so throughput scales with processes up to the core
+    # count; each holds its own copy of the catalog and models (BENCHMARKS.md: memory per worker),
+    # while the tantivy and faiss index files are mapped, not copied, and shared through the page cache.
+    workers: int = Field(default_factory=lambda: default_workers(), ge=1, le=64)
     log_level: str = "INFO"
     log_json: bool = False
 
