@@ -52,6 +52,16 @@ class Settings(BaseModel):
     exploration: Literal["epsilon", "squarecb"] = "squarecb"  # met the oracle/fixed-subset targets in bench_learning
     epsilon: float = Field(default=0.1, ge=0.0, le=1.0)
     latency_lambda: float = Field(default=0.05, ge=0.0)
+    # How an action's cost is counted (bandit.policy.CostModel): "arms" counts arms; "arm_ms"
+    # prices each arm by the milliseconds the cold start measured for it, retrieval plus ranking
+    # the candidates it adds (services.offline.coldstart.arm_prices; the mean arm costs
+    # latency_lambda, as every arm does in "arms" mode), so the initial policy drops dense where
+    # lexical or XR-Linear find the target too. Not the default: on the dev sets (bench_relevance,
+    # BENCHMARKS.md) it raised topic nDCG@10 0.092 -> 0.098 but lowered spearfish MRR@10
+    # 0.871 -> 0.867 (titles without dense's candidates and cosine feature), and relevance must not
+    # drop for speed. Takes effect with the next `ltrr train coldstart`; a model trained without a
+    # price table is priced by arm count.
+    latency_mode: Literal["arms", "arm_ms"] = "arms"
     shadow: bool = False  # run every retriever, serve the default policy, learn full-information
     default_arms: tuple[str, ...] = ("lexical", "dense")  # the fixed policy served in shadow mode / fallback
     # Each retriever's deadline is retriever_deadline_factor x its measured p95, at least the floor,

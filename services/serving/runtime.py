@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -52,9 +53,20 @@ def connect_redis(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None
     return client, server
 
 
-def vw_config(settings: Settings) -> VWConfig:
-    return VWConfig(exploration=settings.exploration, epsilon=settings.epsilon,
-                    cost=CostModel(latency_lambda=settings.latency_lambda))
+def vw_config(settings: Settings, arm_ms: Mapping[str, float] | None = None) -> VWConfig:
+    """The VW configuration of `settings`; in "arm_ms" mode priced by `arm_ms`, the table a bandit
+    version carries (its manifest's config, measured by the cold start)."""
+    cost = CostModel(latency_lambda=settings.latency_lambda)
+    if settings.latency_mode == "arm_ms":
+        cost = cost.with_arm_ms(arm_ms or {})
+    return VWConfig(exploration=settings.exploration, epsilon=settings.epsilon, cost=cost)
+
+
+def arm_ms_of(config: Mapping[str, object] | None) -> dict[str, float]:
+    """The per-arm price table in a stored VWConfig.to_dict() (empty when it has none)."""
+    cost = (config or {}).get("cost")
+    table = cost.get("arm_ms", ()) if isinstance(cost, Mapping) else ()
+    return {str(a): float(ms) for a, ms in table}  # type: ignore[union-attr]
 
 
 class BanditStore:
@@ -130,7 +142,9 @@ class BanditStore:
         self.redis.hset(self.keys.bandit_model, mapping={
             "version": version, "model": data, "sha256": sha,
             "last_update_id": str(meta.get("last_update_id", "0-0")),
-            "n_learned": str(meta.get("n_learned", 0))})
+            "n_learned": str(meta.get("n_learned", 0)),
+            # the per-arm prices the learner continues with (replicas may have no volume)
+            "arm_ms": json.dumps(arm_ms_of(meta.get("config")))})
 
     # --- reading (ModelSource) -------------------------------------------------------------------
 
@@ -161,9 +175,9 @@ class BanditStore:
         if self.redis is not None:
             try:
                 got = self.redis.hmget(self.keys.bandit_model, ["version", "model", "sha256", "last_update_id",
-                                                            "n_learned"])
+                                                            "n_learned", "arm_ms"])
             except (redis.RedisError, OSError) as exc:
-                got = [None] * 5
+                got = [None] * 6
                 problems.append(f"redis: {exc!r}")
             if got[0] is not None and got[0].decode() == version:
                 data, sha = got[1] or b"", got[2].decode() if got[2] is not None else None
@@ -174,7 +188,8 @@ class BanditStore:
                 else:
                     meta = {"last_update_id": got[3].decode() if got[3] else "0-0",
                             "n_learned": int(got[4]) if got[4] else 0}
-                    return self._policy(data, version, "redis"), meta
+                    arm_ms = json.loads(got[5]) if got[5] else {}
+                    return self._policy(data, version, "redis", arm_ms), meta
         try:
             manifest = self.store.verify(version)
         except ArtifactError as exc:
@@ -182,11 +197,12 @@ class BanditStore:
         data = (self.store.path(version) / self.MODEL_FILE).read_bytes()
         if hashlib.sha256(data).hexdigest() != manifest["files"].get(self.MODEL_FILE):
             raise ArtifactError(f"bandit {version}: {self.MODEL_FILE} changed after verification")
-        return self._policy(data, version, str(self.store.path(version))), dict(manifest.get("meta", {}))
+        meta = dict(manifest.get("meta", {}))
+        return self._policy(data, version, str(self.store.path(version)), arm_ms_of(meta.get("config"))), meta
 
-    def _policy(self, data: bytes, version: str, where: str) -> VWPolicy:
+    def _policy(self, data: bytes, version: str, where: str, arm_ms: Mapping[str, float]) -> VWPolicy:
         try:
-            return VWPolicy.from_bytes(data, vw_config(self.settings), version=version)
+            return VWPolicy.from_bytes(data, vw_config(self.settings, arm_ms), version=version)
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"bandit {version} from {where}: VW cannot load it: {exc}") from exc
 
