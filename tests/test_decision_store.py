@@ -90,3 +90,31 @@ def test_the_updates_stream_is_trimmed_to_what_a_restart_could_need(served) -> N
     ids = [eid.decode() for eid, _ in rt.redis.xrange(stream)]
     assert ids[0] == kept[0] and ids[-1] == learner.last_id
     assert len(ids) == 1 + 2 * 3
+
+
+def test_the_full_decision_follows_the_response_and_a_closing_writer_writes_what_is_queued(served) -> None:
+    """services.serving.decision_writer: what /feedback and later pages need is in Redis when the
+    search returns; the full record and its reward deadline follow (a search is never pending
+    without its decision); close() writes every queued record; a submit after close writes at once."""
+    from services.serving.decision_writer import DecisionWriter
+
+    rt, _ = served
+    r, keys = rt.redis, rt.keys
+    out = rt.pipeline.search("writer test query", 10)
+    sid = out.record.search_id
+    assert r.exists(keys.served(sid)) and r.exists(keys.ranked(sid))
+    assert rt.pipeline.flush()
+    assert r.exists(keys.decision(sid)) and r.zscore(keys.pending, sid) is not None
+    writer = DecisionWriter(r, rt.pipeline.decisions, None, None, max_pending=16)
+    records = [out.record.model_copy(update={"search_id": f"writer-{i}"}) for i in range(200)]
+    for rec in records:  # more than max_pending: submit waits for room, nothing is dropped
+        writer.submit(rec, {}, time.time())
+    writer.close()
+    assert all(r.exists(keys.decision(rec.search_id)) and r.zscore(keys.pending, rec.search_id) is not None
+               for rec in records)
+    late = out.record.model_copy(update={"search_id": "writer-late"})
+    writer.submit(late, {}, time.time())
+    assert r.exists(keys.decision("writer-late"))
+    for rec in [*records, late]:
+        r.zrem(keys.pending, rec.search_id)
+        r.delete(keys.decision(rec.search_id))

@@ -224,3 +224,36 @@ def test_a_chosen_arm_that_finds_nothing_falls_back_to_lexical(keyed_service, fr
     assert rec.candidates.get("q2e") == []
     assert rec.served and rec.candidates["lexical"]
     assert all(arms == ["lexical"] for arms in out.found_by.values())
+
+
+def test_a_repeated_query_is_answered_from_the_retrieval_cache_until_the_model_changes(runtime: Runtime) -> None:
+    """services.serving.retrieval_cache: the second identical search runs no cacheable arm and
+    retrieves exactly what the arms would; the click memory (q2e) always runs; swapping XR
+    (a hot reload) drops its entries and the new model is asked."""
+    pipe = runtime.pipeline
+    q = "dua lipa levitating cache test"
+    with _forced(pipe, ("lexical", "dense", "xr", "q2e")):
+        first = pipe.search(q, 10, analytics=False)
+        hits = _metric_labels("ltrr_retrieval_cache_total", outcome="hit")
+        second = pipe.search(q, 10, analytics=False)
+        assert _metric_labels("ltrr_retrieval_cache_total", outcome="hit") == hits + 3  # lexical, dense, xr
+        assert second.record.candidates == first.record.candidates
+        assert second.record.served == first.record.served
+        fresh = {a: [c.track_id for c in pipe.parts.retrievers[a].retrieve(q, 100)] for a in ("lexical", "dense", "xr")}
+        assert all(second.record.candidates[a] == fresh[a] for a in fresh)
+        xr = pipe.parts.retrievers["xr"]
+        runtime._swap_xr(xr)  # what a hot reload does (here with the same model object)
+        assert not any(k[0] == "xr" for k in pipe.retrieval_cache._d)
+        third = pipe.search(q, 10, analytics=False)
+        assert third.record.candidates["xr"] == first.record.candidates["xr"]
+
+
+def _metric_labels(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    total = 0.0
+    for metric in REGISTRY.collect():
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
