@@ -3,8 +3,10 @@
 Every policy returns the full distribution over the offered actions, so whatever it chose can be
 logged with its propensity and evaluated off-policy later. Cost (what VW minimizes) is
     cost = -reward + latency_lambda * latency_cost(action)
-where latency_cost is the number of arms ("arms" mode) or the latency in units of reference_ms
-("ms" mode): the bandit buys recall at a price instead of always running everything.
+where latency_cost is the number of arms ("arms" mode), the latency in units of reference_ms
+("ms" mode), or the action's arms priced by their measured milliseconds ("arm_ms" mode: a price
+table of per-arm median ms, scaled so that the mean arm costs 1, i.e. what every arm costs in
+"arms" mode): the bandit buys recall at a price instead of always running everything.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import vowpal_wabbit_next as vw
@@ -60,11 +62,29 @@ class Policy(Protocol):
 @dataclass(frozen=True)
 class CostModel:
     latency_lambda: float = 0.05
-    latency_mode: Literal["arms", "ms"] = "arms"
+    latency_mode: Literal["arms", "ms", "arm_ms"] = "arms"
     reference_ms: float = DEFAULT_REFERENCE_MS
+    # "arm_ms" mode's price table: (arm, median ms when run alone), as measured by the cold start.
+    # A fixed table rather than each search's observed time, so that the cold start and online
+    # learning price an action alike, and a cache hit or a loaded machine does not make an arm
+    # look cheap or dear for one search.
+    arm_ms: tuple[tuple[str, float], ...] = ()
+
+    def with_arm_ms(self, arm_ms: Mapping[str, float]) -> CostModel:
+        """This cost model in "arm_ms" mode with the given per-arm milliseconds."""
+        table = tuple(sorted((a, float(ms)) for a, ms in arm_ms.items() if math.isfinite(ms) and ms >= 0))
+        return replace(self, latency_mode="arm_ms", arm_ms=table)
 
     def latency_cost(self, action: Action, latency_ms: float | None = None,
                      context: Mapping[str, float] | None = None) -> float:
+        if self.latency_mode == "arm_ms":
+            prices = dict(self.arm_ms)
+            mean = sum(prices.values()) / len(prices) if prices else 0.0
+            if mean > 0 and all(a in prices for a in action.arms):
+                return sum(prices[a] for a in action.arms) / mean
+            # No table (a model trained before prices were measured) or an arm it does not know:
+            # every arm costs the same, as in "arms" mode.
+            return float(len(action.arms))
         if self.latency_mode == "arms":
             return float(len(action.arms))
         ms = latency_ms if latency_ms is not None else expected_latency_ms(action, context)
@@ -121,7 +141,9 @@ class VWConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VWConfig:
         d = dict(d)
-        d["cost"] = CostModel(**d.get("cost", {}))
+        cost = dict(d.get("cost", {}))
+        cost["arm_ms"] = tuple((str(a), float(ms)) for a, ms in cost.get("arm_ms", ()))  # JSON gives lists
+        d["cost"] = CostModel(**cost)
         d["interactions"] = tuple(d.get("interactions", ("sa",)))
         d["extra_args"] = tuple(d.get("extra_args", ()))
         return cls(**d)

@@ -3,11 +3,13 @@ load at 16 and at 50 concurrent connections over loopback, 60 s each, then a 10-
 connections with the server's RSS sampled every minute (it should level off, not climb).
 
 It serves a private copy of a data dir built exactly as the README's first command builds it
-(`ltrr index build` + `ltrr train coldstart`, default settings: bench_clicks' base), so the
-numbers are a new deployment's. Per phase it reports requests/s, latency percentiles, errors and
-non-2xx answers, and from /metrics the share of searches that lost a retriever to its deadline
-(services.serving.arm_budgets), the deadlines in force at the end, and the share of searches shed
-to the cheapest retriever or refused with 503 by admission control (services.serving.admission).
+(`ltrr index build` + `ltrr train coldstart`, default settings: bench_clicks' base, one API
+worker per core), so the numbers are a new deployment's. Searches follow bench_search's Zipf
+stream over the dev topic and spearfish queries (each wrk thread from its own offset). Per phase
+it reports requests/s, latency percentiles, errors and non-2xx answers, and from /metrics the
+share of searches that lost a retriever to its deadline (services.serving.arm_budgets), the
+deadlines in force at the end, the share of searches shed to the cheapest retriever or refused
+with 503 by admission control (services.serving.admission), and the retrieval cache's hit rate.
 
     python -m bench.bench_load [--quick]
 """
@@ -25,21 +27,33 @@ from pathlib import Path
 import httpx
 
 from bench.bench_clicks import base_data_dir, serve_copy
-from bench.bench_search import _wrk, query_mix
+from bench.bench_search import _wrk, cache_counts, process_tree, zipf_stream
 from bench.common import write_result
 
 KEY = "bench-load-key"
 
 
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def rss_mb(pid: int, redis: bool = False) -> float:
+    """Proportional set size of the server's Python processes (every worker, the parent, the
+    trainers; pages they share, such as the mapped indexes, count once), or with `redis=True` of
+    its redis-server alone: Redis grows by design while its per-search keys fill their TTLs
+    (ranked 10 min, served 1 h), which says nothing about a leak in the API processes."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            is_redis = "redis" in Path(f"/proc/{p}/comm").read_text()
+            if is_redis != redis:
+                continue
+            for line in open(f"/proc/{p}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024 if total else float("nan")
 
 
 def mixed_script(base: str, tmp: Path) -> Path:
-    qs = query_mix(400, seed=7)
+    qs = zipf_stream(20_000, seed=7)
     searches = []
     for q in qs[:40]:
         with urllib.request.urlopen(base + "/search?" + urllib.parse.urlencode({"q": q, "limit": 10})) as r:
@@ -53,7 +67,9 @@ def mixed_script(base: str, tmp: Path) -> Path:
         bodies.append(json.dumps({"events": evs}))
     paths = ",".join(json.dumps("/search?" + urllib.parse.urlencode({"q": q, "limit": 10})) for q in qs)
     lua = (f"local paths = {{{paths}}}\nlocal bodies = {{{','.join('[[' + b + ']]' for b in bodies)}}}\n"
-           "local i = 0\n"
+           "local n = 0\n"
+           "function setup(thread)\n  thread:set('tid', n)\n  n = n + 1\nend\n"
+           "function init(args)\n  i = math.floor((tid or 0) * #paths / 2)\nend\n"
            "request = function()\n  i = i + 1\n"
            "  if i % 5 == 0 then\n"
            f"    return wrk.format('POST', '/feedback', {{['Content-Type'] = 'application/json', "
@@ -81,8 +97,11 @@ def scrape(base: str) -> dict[str, float]:
 
 def phase(base: str, script: Path, seconds: int, conns: int) -> dict[str, object]:
     before = scrape(base)
+    h0, m0 = cache_counts(base)
     res: dict[str, object] = dict(_wrk(base, script, seconds, conns))
     after = scrape(base)
+    h1, m1 = cache_counts(base)
+    res["cache_hit_rate"] = (h1 - h0) / max(1.0, h1 - h0 + m1 - m0)
     searches = after["ltrr_bandit_actions_total"] - before["ltrr_bandit_actions_total"]
     degraded = after["ltrr_searches_degraded_total"] - before["ltrr_searches_degraded_total"]
     res.update({"searches": int(searches), "searches_degraded": int(degraded),
@@ -115,11 +134,11 @@ def run(quick: bool = False) -> dict[str, object]:
         load50 = phase(base, script, seconds, 50)
         rss_after_load = rss_mb(pid)
         soak_min = 1 if quick else 10
-        curve = [{"minute": 0, "rss_mb": rss_after_load}]
+        curve = [{"minute": 0, "rss_mb": rss_after_load, "redis_pss_mb": rss_mb(pid, redis=True)}]
         soak_parts = []
         for m in range(1, soak_min + 1):
             soak_parts.append(phase(base, script, 60, 10))
-            curve.append({"minute": m, "rss_mb": rss_mb(pid)})
+            curve.append({"minute": m, "rss_mb": rss_mb(pid), "redis_pss_mb": rss_mb(pid, redis=True)})
         n = sum(int(p["searches"]) for p in soak_parts)
         soak = {"minutes": soak_min, "connections": 10,
                 "requests_per_s": sum(float(p["requests_per_s"]) for p in soak_parts) / len(soak_parts),

@@ -50,6 +50,7 @@ def run(n: int) -> dict[str, object]:
         base = used()
         for q in queries:
             rt.pipeline.search(q, 20)
+        rt.pipeline.flush()  # decisions are written after each search returns
         live = used() - base
         decision_key = sampled(f"{rt.keys.prefix}:decision:*")
         served_key = sampled(f"{rt.keys.prefix}:served:*")

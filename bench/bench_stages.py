@@ -6,7 +6,8 @@ Per stage (context, bandit, retrieve, rank, record, log) the median and p99 over
 of bench_search (half titles/artists with typos, half dev playlist names); each retriever alone on
 the same queries; the query encoder without its cache; the bandit's choices (which subsets a cold
 start runs); and what the ASGI app adds on top of the pipeline (FastAPI routing, validation,
-serialization; no socket). Several repetitions, medians of their medians.
+serialization; no socket). Several repetitions, medians of their medians. The per-arm retrieval
+cache is off here (the repetitions repeat the queries); bench_search measures it.
 
     python -m bench.bench_stages [--quick]
 """
@@ -51,6 +52,10 @@ def run(quick: bool = False) -> dict[str, object]:
     rt = Runtime(Settings.from_env(), start_worker=False)
     try:
         pipe = rt.pipeline
+        # The repetitions send the same queries again: with the retrieval cache on, repetitions 2
+        # and 3 would measure cache hits. Stage costs are measured without it; what the cache
+        # saves on repeated (Zipfian) traffic is bench_search's zipf vs distinct phases.
+        pipe.retrieval_cache.max_entries = 0
         qs = query_mix(n + 50, seed=7)
         for q in qs[:50]:  # warm caches, JIT-free but lazy loads
             pipe.search(q, 10)

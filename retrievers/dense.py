@@ -375,7 +375,7 @@ class DenseRetriever:
             raise ValueError(f"{path}: unsupported dense index format {meta.get('format')}")
         cfg = DenseConfig.from_json({**meta["config"], **(config_overrides or {})})
         self = cls(cfg)
-        index = faiss.read_index(str(path / "index.faiss"))
+        index = _read_index(path / "index.faiss")
         ids = json.loads((path / "ids.json").read_text())
         if len(ids) != index.ntotal:
             raise ValueError(f"{path}: {len(ids)} ids for {index.ntotal} vectors")
@@ -383,3 +383,18 @@ class DenseRetriever:
         if (path / "encoder").is_dir():
             self._encoder_dir = path / "encoder"
         return self
+
+
+def _read_index(path: Path) -> faiss.Index:
+    """The index with its vectors mapped from the file (IO_FLAG_MMAP_IFC: zero-copy, read-only)
+    rather than read into process memory, so API worker processes share one copy through the
+    page cache (28k x 384 float32: 41 MB per process saved). `save` replaces files by renaming,
+    so a mapping never sees a half-written index. Falls back to a plain read where this faiss
+    build cannot map the index type."""
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
+    if flag is not None:
+        try:
+            return faiss.read_index(str(path), flag)
+        except RuntimeError:
+            pass
+    return faiss.read_index(str(path))

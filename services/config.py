@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RETRIEVERS = ("lexical", "dense", "xr", "q2e")
 
 
+def default_workers() -> int:
+    """The cores this process may use (its CPU affinity, which containers and taskset narrow),
+    else os.cpu_count(); at most 64 (the setting's bound)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(64, cores))
+
+
 class Settings(BaseModel):
     data_dir: Path = ROOT / "var"
     catalog: Path = ROOT / "data" / "tracks.csv.gz"
@@ -27,9 +37,11 @@ class Settings(BaseModel):
     redis_url: str | None = None  # unset: the service starts its own redis-server (embedded default)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # API worker processes. Python runs one search at a time per process (the GIL), so throughput
-    # scales with processes, each holding its own copy of the indexes and models.
-    workers: int = Field(default=1, ge=1, le=64)
+    # API worker processes, by default one per core this process may run on. Python runs one
+    # search at a time per process (the GIL), so throughput scales with processes up to the core
+    # count; each holds its own copy of the catalog and models (BENCHMARKS.md: memory per worker),
+    # while the tantivy and faiss index files are mapped, not copied, and shared through the page cache.
+    workers: int = Field(default_factory=lambda: default_workers(), ge=1, le=64)
     log_level: str = "INFO"
     log_json: bool = False
 
@@ -40,6 +52,16 @@ class Settings(BaseModel):
     exploration: Literal["epsilon", "squarecb"] = "squarecb"  # met the oracle/fixed-subset targets in bench_learning
     epsilon: float = Field(default=0.1, ge=0.0, le=1.0)
     latency_lambda: float = Field(default=0.05, ge=0.0)
+    # How an action's cost is counted (bandit.policy.CostModel): "arms" counts arms; "arm_ms"
+    # prices each arm by the milliseconds the cold start measured for it, retrieval plus ranking
+    # the candidates it adds (services.offline.coldstart.arm_prices; the mean arm costs
+    # latency_lambda, as every arm does in "arms" mode), so the initial policy drops dense where
+    # lexical or XR-Linear find the target too. Not the default: on the dev sets (bench_relevance,
+    # BENCHMARKS.md) it raised topic nDCG@10 0.092 -> 0.098 but lowered spearfish MRR@10
+    # 0.871 -> 0.867 (titles without dense's candidates and cosine feature), and relevance must not
+    # drop for speed. Takes effect with the next `ltrr train coldstart`; a model trained without a
+    # price table is priced by arm count.
+    latency_mode: Literal["arms", "arm_ms"] = "arms"
     shadow: bool = False  # run every retriever, serve the default policy, learn full-information
     default_arms: tuple[str, ...] = ("lexical", "dense")  # the fixed policy served in shadow mode / fallback
     # Each retriever's deadline is retriever_deadline_factor x its measured p95, at least the floor,
@@ -56,6 +78,10 @@ class Settings(BaseModel):
     search_queue: int = Field(default=256, ge=0, le=100_000)
     shed_queue: int = Field(default=32, ge=0)  # above search_queue: never shed
     rerank_depth: int = Field(default=200, ge=10, le=2000)  # union size the ranker scores
+    # Per-arm retrieval cache (services.serving.retrieval_cache): this many (arm, version, query,
+    # k) candidate lists per process, ~9 kB each at k=100; 0 = off. Repeated queries (Zipfian
+    # traffic) then skip lexical, dense and XR-Linear.
+    retrieval_cache_entries: int = Field(default=4096, ge=0, le=1_000_000)
     # Query encoder precision for the embedded dense arm. int8 measured 2.5x faster than fp32 with
     # the same quality (SciFact nDCG@10 0.647 vs 0.645, dev playlists 0.078 vs 0.078; bench_dense);
     # it is used only if its export passed verification, else fp32.

@@ -133,14 +133,28 @@ class DecisionStore:
     # --- written by the pipeline ------------------------------------------------------------
     def stage(self, pipe: redis.client.Pipeline, record: DecisionRecord, body: str, now: float,
               ranked: Ranked | None = None) -> None:
-        """Adds one search's keys to `pipe` (the pipeline's single round trip per search)."""
+        """Adds all of one search's keys to `pipe`."""
+        self.stage_served(pipe, record, ranked)
+        self.stage_decision(pipe, record.search_id, body, now)
+
+    def stage_served(self, pipe: redis.client.Pipeline, record: DecisionRecord, ranked: Ranked | None = None) -> None:
+        """What must be in Redis before the search's response is sent: the served key that
+        /feedback validates against (feedback may arrive at once) and the ranked head that later
+        pages read. The pipeline executes this before answering."""
         sid = record.search_id
-        pipe.set(self.keys.decision(sid), body, ex=self.decision_ttl_s)
         pipe.set(self.keys.served(sid), served_value(record.ts, record.query_norm, record.served),
                  ex=self.feedback_window_s)
-        pipe.zadd(self.keys.pending, {sid: now + self.reward_wait_s})
         if ranked is not None and self.page_ttl_s > 0:
             pipe.set(self.keys.ranked(sid), ranked_value(ranked), ex=self.page_ttl_s)
+
+    def stage_decision(self, pipe: redis.client.Pipeline, search_id: str, body: str, now: float) -> None:
+        """The full record (`body`, its JSON) and, in the same round trip after it, the reward
+        deadline (`now` + reward wait): a search is pending only once its decision is stored, so
+        a sweep never finds a due search whose record is still on its way. Written after the
+        response by services.serving.decision_writer; a record lost in a crash leaves neither,
+        and the search simply earns no reward."""
+        pipe.set(self.keys.decision(search_id), body, ex=self.decision_ttl_s)
+        pipe.zadd(self.keys.pending, {search_id: now + self.reward_wait_s})
 
     # --- read and extended by the pages route -------------------------------------------------
     def ranked(self, search_id: str) -> Ranked | None:

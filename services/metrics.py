@@ -17,6 +17,8 @@ STAGE_SECONDS = Histogram("ltrr_search_stage_seconds", "search latency per stage
 RETRIEVER_SECONDS = Histogram("ltrr_retriever_seconds", "latency per retriever", ["retriever"], buckets=_BUCKETS)
 RETRIEVER_FAILURES = Counter("ltrr_retriever_failures_total", "retrievers dropped from a search",
                              ["retriever", "reason"])
+RETRIEVAL_CACHE = Counter("ltrr_retrieval_cache_total", "per-arm retrieval cache lookups (services.serving."
+                          "retrieval_cache)", ["retriever", "outcome"])
 RETRIEVER_DEADLINE = Gauge("ltrr_retriever_deadline_seconds",
                            "the deadline a search gives each retriever (services.serving.arm_budgets)", ["retriever"],
                            multiprocess_mode="liveall")

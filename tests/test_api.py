@@ -28,6 +28,31 @@ def test_get_and_post_search(api) -> None:
     assert r.json()["results"][0]["features"]["popularity"] is not None
 
 
+def test_lean_search_answers_the_documented_model(api) -> None:
+    """GET /search's lean route and POST /search build the response without pydantic models
+    (services.serving.search_http): their documents must be exactly what SearchResponse says,
+    debug and facets included, and a request the lean route leaves to FastAPI answers the same."""
+    from services.serving.api_models import SearchResponse
+    from services.serving.search_http import lean_request
+
+    _, c = api
+    for r in (c.get("/search", params={"q": "tayler swift love story", "limit": 4}),
+              c.get("/search", params={"q": "gym rap", "debug": "true", "user_id": "u-lean", "device": "mobile",
+                                       "locale": "en-US", "collapse": "0"}),
+              c.get("/search", params={"q": "sad songs", "facets": "genre,decade", "year_from": 1990}),
+              c.post("/search", json={"q": "latin summer", "debug": True, "facets": ["decade"]})):
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json() == SearchResponse.model_validate(r.json()).model_dump(mode="json")
+    assert lean_request(b"q=gym+rap&limit=5&debug=1") is not None
+    # Left to the FastAPI route: filters, a repeated or unknown parameter, lax spellings.
+    for qs in (b"q=x&genre=pop", b"q=x&q=y", b"q=x&limit=+5", b"q=x&debug=yes", b"q=", b"limit=5", b"q=x&boost=1"):
+        assert lean_request(qs) is None, qs
+    assert c.get("/search?q=x&limit=+5").status_code == 200  # pydantic's lax int, as before
+    m = c.get("/metrics").text
+    assert 'ltrr_http_requests_total{route="/search",status="200"}' in m
+
+
 @pytest.mark.parametrize(("params", "field", "words"), [
     ({"q": ""}, "q", "empty"),
     ({"q": "   "}, "q", "empty"),

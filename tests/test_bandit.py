@@ -4,6 +4,7 @@ serialization and baselines (versioned, verified bandit artifacts: tests/test_ar
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -228,6 +229,21 @@ def test_latency_cost_modes() -> None:
     assert ms.cost(0.0, act, context={"arm_ms=a": 5.0, "arm_ms=b": 5.0}) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         ms.cost(0.0, act)
+
+
+def test_arm_ms_prices_arms_by_their_measured_milliseconds() -> None:
+    """"arm_ms": the mean arm costs latency_lambda (what every arm costs by count), a slow arm more;
+    the table survives VWConfig's JSON round trip (it travels in the bandit's manifest)."""
+    table = {"lexical": 1.0, "dense": 4.0, "xr": 1.0}  # mean 2.0
+    cost = CostModel(0.1).with_arm_ms(table)
+    assert cost.latency_cost(Action(("dense",), 100)) == pytest.approx(2.0)
+    assert cost.latency_cost(Action(("lexical", "xr"), 100)) == pytest.approx(1.0)
+    assert cost.latency_cost(Action(("lexical", "dense", "xr"), 100)) == pytest.approx(3.0)  # = 3 arms by count
+    assert cost.cost(1.0, Action(("dense",), 100)) == pytest.approx(-0.8)
+    assert cost.latency_cost(Action(("q2e",), 100)) == 1.0  # an arm without a price: counted, as in "arms"
+    assert CostModel(0.1, latency_mode="arm_ms").latency_cost(Action(("dense", "xr"), 100)) == 2.0
+    config = VWConfig(cost=cost)
+    assert VWConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_learn_rejects_bad_input(actions: list[Action]) -> None:

@@ -33,6 +33,8 @@ def test_a_search_keeps_its_full_decision_only_until_its_reward(served) -> None:
     client = TestClient(create_app(rt))
     body = client.get("/search", params={"q": "sad love songs", "limit": 10}).json()
     sid, shown = body["search_id"], [h["track_id"] for h in body["results"]]
+    assert r.exists(keys.served(sid))  # what /feedback validates against is there when the response is
+    rt.pipeline.flush()  # the full decision follows on the writer's thread
     decision_ttl = r.ttl(keys.decision(sid))
     assert 0 < decision_ttl <= settings.reward.wait_s + settings.decision_grace_s
     assert settings.decision_ttl_s - 5 <= r.ttl(keys.served(sid)) <= settings.decision_ttl_s
@@ -64,6 +66,7 @@ def test_a_search_keeps_its_full_decision_only_until_its_reward(served) -> None:
 def test_a_due_search_whose_decision_expired_is_dropped(served) -> None:
     rt, worker = served
     out = rt.pipeline.search("gym rap", 10)
+    rt.pipeline.flush()
     rt.redis.delete(rt.keys.decision(out.record.search_id))  # as if it outlived reward wait + grace
     assert worker.sweep(time.time() + rt.settings.reward.wait_s + 1) == 0
     assert rt.redis.zscore(rt.keys.pending, out.record.search_id) is None
@@ -76,6 +79,7 @@ def test_the_updates_stream_is_trimmed_to_what_a_restart_could_need(served) -> N
     for i in range(5):
         for q in ("rainy day", "road trip", "workout"):
             rt.pipeline.search(f"{q} {i}", 10)
+        rt.pipeline.flush()
         assert worker.sweep(time.time() + settings.reward.wait_s + 1) == 3
         learner.step()
         learner.checkpoint(force=True)
@@ -86,3 +90,31 @@ def test_the_updates_stream_is_trimmed_to_what_a_restart_could_need(served) -> N
     ids = [eid.decode() for eid, _ in rt.redis.xrange(stream)]
     assert ids[0] == kept[0] and ids[-1] == learner.last_id
     assert len(ids) == 1 + 2 * 3
+
+
+def test_the_full_decision_follows_the_response_and_a_closing_writer_writes_what_is_queued(served) -> None:
+    """services.serving.decision_writer: what /feedback and later pages need is in Redis when the
+    search returns; the full record and its reward deadline follow (a search is never pending
+    without its decision); close() writes every queued record; a submit after close writes at once."""
+    from services.serving.decision_writer import DecisionWriter
+
+    rt, _ = served
+    r, keys = rt.redis, rt.keys
+    out = rt.pipeline.search("writer test query", 10)
+    sid = out.record.search_id
+    assert r.exists(keys.served(sid)) and r.exists(keys.ranked(sid))
+    assert rt.pipeline.flush()
+    assert r.exists(keys.decision(sid)) and r.zscore(keys.pending, sid) is not None
+    writer = DecisionWriter(r, rt.pipeline.decisions, None, None, max_pending=16)
+    records = [out.record.model_copy(update={"search_id": f"writer-{i}"}) for i in range(200)]
+    for rec in records:  # more than max_pending: submit waits for room, nothing is dropped
+        writer.submit(rec, {}, time.time())
+    writer.close()
+    assert all(r.exists(keys.decision(rec.search_id)) and r.zscore(keys.pending, rec.search_id) is not None
+               for rec in records)
+    late = out.record.model_copy(update={"search_id": "writer-late"})
+    writer.submit(late, {}, time.time())
+    assert r.exists(keys.decision("writer-late"))
+    for rec in [*records, late]:
+        r.zrem(keys.pending, rec.search_id)
+        r.delete(keys.decision(rec.search_id))

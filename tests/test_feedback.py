@@ -277,6 +277,7 @@ def test_bandit_learns_from_clicks_that_one_retriever_alone_finds(built_settings
                                                    "position": served.index(target[q]) + 1, "type": "play"})
                 assert r.status_code == 202
             worker.run_once(block_ms=1)
+            rt.pipeline.flush()  # the decision and its reward deadline are written after the response
             worker.sweep(time.time() + 1)
             worker.learner.step()
             rt.policy.refresh()

@@ -140,6 +140,7 @@ def _labelled_traffic(rt: Runtime, client: TestClient, n: int = 220) -> ModelTra
             client.post("/feedback", json={"search_id": body["search_id"], "track_id": served[-1],
                                            "position": len(served), "type": "click"})
     _drain(worker, rt)
+    rt.pipeline.flush()
     time.sleep(0.6)
     worker.sweep(time.time() + 1)
     while worker.learner.step():

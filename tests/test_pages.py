@@ -71,6 +71,7 @@ def test_feedback_on_a_later_page_names_absolute_positions_and_teaches(served) -
     assert pick["track_id"] in learned
     # the bandit's reward counts it: the play is on a track its chosen retrievers found
     before = int(rt.redis.hget(rt.keys.counts, "rewarded_searches") or 0)
+    rt.pipeline.flush()
     assert worker.sweep(time.time() + rt.settings.reward.wait_s + 1) >= 1
     assert int(rt.redis.hget(rt.keys.counts, "rewarded_searches")) > before
     assert unseen  # page 3 exists, but was fetched only now: positions 21.. are served from here on

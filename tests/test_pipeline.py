@@ -56,6 +56,7 @@ def test_exact_title_artist_query_ranks_that_track_first(runtime: Runtime, query
 
 def test_decision_record_round_trips_through_redis(runtime: Runtime) -> None:
     out = runtime.pipeline.search("dance monkey", 5)
+    runtime.pipeline.flush()  # the full record is written after the search returns
     raw = runtime.redis.get(runtime.keys.decision(out.record.search_id))
     back = DecisionRecord.model_validate_json(raw)
     assert back == out.record
@@ -123,6 +124,7 @@ def test_a_retriever_gets_a_deadline_from_its_own_latency(runtime: Runtime) -> N
         pipe.budgets.observe("dense", 2.0, found=True)
     assert pipe.budgets.deadline_ms("dense") == 6.0 < pipe.budgets.cap_ms
     pipe.parts.retrievers["dense"] = _Sleeping()
+    pipe.retrieval_cache.invalidate("lexical")  # a cached arm is not run, so it would get no deadline
     before = _metric("ltrr_searches_degraded_total")
     try:
         results, failed, _, deadlines = pipe._retrieve("shape of you", ("lexical", "dense"), 50)
@@ -254,3 +256,36 @@ def test_a_once_played_track_below_the_page_gets_its_last_slot_and_pins_stay_put
     assert sorted(moved) == order and moved[10] == 9  # nothing lost: the 10th slides to 11th
     # Already on the page: nothing moves.
     assert _trial(order, ids, remembered=["t4"], pins=set(), limit=10, slots=1) == (order, 0)
+
+
+def test_a_repeated_query_is_answered_from_the_retrieval_cache_until_the_model_changes(runtime: Runtime) -> None:
+    """services.serving.retrieval_cache: the second identical search runs no cacheable arm and
+    retrieves exactly what the arms would; the click memory (q2e) always runs; swapping XR
+    (a hot reload) drops its entries and the new model is asked."""
+    pipe = runtime.pipeline
+    q = "dua lipa levitating cache test"
+    with _forced(pipe, ("lexical", "dense", "xr", "q2e")):
+        first = pipe.search(q, 10, analytics=False)
+        hits = _metric_labels("ltrr_retrieval_cache_total", outcome="hit")
+        second = pipe.search(q, 10, analytics=False)
+        assert _metric_labels("ltrr_retrieval_cache_total", outcome="hit") == hits + 3  # lexical, dense, xr
+        assert second.record.candidates == first.record.candidates
+        assert second.record.served == first.record.served
+        fresh = {a: [c.track_id for c in pipe.parts.retrievers[a].retrieve(q, 100)] for a in ("lexical", "dense", "xr")}
+        assert all(second.record.candidates[a] == fresh[a] for a in fresh)
+        xr = pipe.parts.retrievers["xr"]
+        runtime._swap_xr(xr)  # what a hot reload does (here with the same model object)
+        assert not any(k[0] == "xr" for k in pipe.retrieval_cache._d)
+        third = pipe.search(q, 10, analytics=False)
+        assert third.record.candidates["xr"] == first.record.candidates["xr"]
+
+
+def _metric_labels(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    total = 0.0
+    for metric in REGISTRY.collect():
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total

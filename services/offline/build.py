@@ -202,7 +202,7 @@ def train_coldstart(settings: Settings, runtime: Runtime, *, n_queries: int = 10
     from ranker import model as ranker_model
     from services.learning.gate import mean_ndcg
     from services.learning.trainer import save_coldstart_data
-    from services.offline.coldstart import collect, sample_queries, train_bandit
+    from services.offline.coldstart import arm_prices, collect, sample_queries, train_bandit
 
     rows = []
     t = time.perf_counter()
@@ -232,13 +232,16 @@ def train_coldstart(settings: Settings, runtime: Runtime, *, n_queries: int = 10
                          f"held-out cold-start nDCG@10 {valid_ndcg:.3f}"))
     t = time.perf_counter()
     policy = runtime.bandit_store.fresh()
-    train_bandit(policy, data, pipe.actions, seed=seed, progress=progress)
+    runtime.ranker.refresh()  # the prices include ranking with the model just published, as serving will
+    prices = arm_prices(pipe, queries)
+    train_bandit(policy, data, pipe.actions, seed=seed, progress=progress, arm_ms=prices)
     version = runtime.bandit_store.publish(
         policy, "0-0", promote=True, report={"reason": "cold start"},
-        meta={"source": "cold-start full information"})
+        meta={"source": "cold-start full information", "arm_prices_ms": prices})
     best = max(data.recall_by_action.items(), key=lambda kv: kv[1])
     rows.append(BuildRow(f"bandit {version}", time.perf_counter() - t, None, len(data.contexts),
-                         f"recall of source track, best action {best[0]} {best[1]:.2f}"))
+                         f"recall of source track, best action {best[0]} {best[1]:.2f}; arm prices ms "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in prices.items())))
     return rows
 
 

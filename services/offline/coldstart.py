@@ -22,11 +22,12 @@ For each query every retriever runs once:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,11 +261,55 @@ def _wanted_track(q: TrainingQuery, results: dict[str, list[Candidate]], catalog
     return rng.choices([tid for tid, _ in fitting], [g for _, g in fitting])[0]
 
 
+def arm_prices(pipeline: SearchPipeline, queries: Sequence[TrainingQuery], n: int = 300,
+               quantile: float = 25.0) -> dict[str, float]:
+    """What running each arm costs a search, in milliseconds: its retrieval time plus the
+    ranking of the candidates it adds, i.e. the ranker's featurize + score time per candidate
+    (over the union of every arm) times the arm's mean number of candidates, over `n` of the
+    queries. The rank stage costs about as much as retrieval (BENCHMARKS.md), so retrieval time
+    alone would make a slow arm look several times dearer than it is end to end. Times are the
+    `quantile` (25th percentile), not the median: on a busy machine the median of the encoder-heavy
+    dense arm was inflated 2.5x against the others, and the prices should describe the arms, not
+    the load during the build."""
+    arms = tuple(pipeline.parts.retrievers)
+    budget = max(a.budget for a in pipeline.actions)
+    per_candidate: list[float] = []
+    retrieve_ms: dict[str, list[float]] = defaultdict(list)
+    counts: dict[str, list[int]] = defaultdict(list)
+    for q in queries[:n]:
+        qnorm = normalize(q.text)
+        if not qnorm:
+            continue
+        results = {}
+        for a in arms:
+            t = time.perf_counter()
+            results[a] = pipeline.parts.retrievers[a].retrieve(q.text, budget)
+            retrieve_ms[a].append((time.perf_counter() - t) * 1000)
+            counts[a].append(len(results[a]))
+        union = list(dict.fromkeys(c.track_id for a in arms for c in results[a]))
+        t = time.perf_counter()
+        ids, x = pipeline.featurize(qnorm, q.text, union, results, None, arms)
+        pipeline.score(x, ids, results, arms)
+        if ids:
+            per_candidate.append((time.perf_counter() - t) * 1000 / len(ids))
+    rank_ms = float(np.percentile(per_candidate, quantile)) if per_candidate else 0.0
+    return {a: float(np.percentile(retrieve_ms[a], quantile)) + rank_ms * float(np.mean(counts[a]))
+            for a in arms if retrieve_ms[a]}
+
+
 def train_bandit(policy: object, data: ColdStartData, actions: Sequence[Action], *, epochs: int = 2,
-                 seed: int = 0, progress: bool = True) -> None:
-    """Full-information updates: VW sees every action's reward for each training query."""
+                 seed: int = 0, progress: bool = True, arm_ms: Mapping[str, float] | None = None) -> None:
+    """Full-information updates: VW sees every action's reward for each training query. In
+    "arm_ms" cost mode the policy is first given a price table (bandit.policy.CostModel): `arm_ms`
+    (arm_prices: retrieval + ranking its candidates) or else the arms' median retrieval times
+    measured by collect. It
+    keeps the table in every later checkpoint, so online learning prices actions alike."""
     order = list(range(len(data.contexts)))
     rng = random.Random(seed)
+    config = getattr(policy, "config", None)
+    if config is not None and config.cost.latency_mode == "arm_ms":
+        prices = arm_ms if arm_ms is not None else data.latencies
+        policy.config = dataclasses.replace(config, cost=config.cost.with_arm_ms(prices))  # type: ignore[attr-defined]
     lat = [sum(data.latencies.get(arm, 0.0) for arm in a.arms) for a in actions]
     for _ in range(epochs):
         rng.shuffle(order)

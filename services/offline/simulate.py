@@ -407,6 +407,7 @@ class InProcessDriver:
         # (simulated time) so searches nobody acted on are rewarded 0 without waiting 30 minutes.
         while self.worker.run_once(block_ms=1):
             pass
+        self.rt.pipeline.flush()  # the decision (and its reward deadline) is written after the response
         self.worker.sweep(time.time() + self.settings.reward.wait_s + 1.0)
         if self.worker.learner is not None and self.worker.learner.step():
             self.rt.policy.refresh()
@@ -436,6 +437,7 @@ class InProcessDriver:
         return out
 
     def finish(self) -> None:
+        self.rt.pipeline.flush()
         self.worker.sweep(time.time() + self.settings.reward.wait_s + 1.0)
         if self.worker.learner is not None:
             while self.worker.learner.step():

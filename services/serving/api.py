@@ -13,10 +13,13 @@ suggest and page routes already live in their own routers.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,13 +42,11 @@ from services.serving.api_models import (
     LOCALE_PATTERN,
     MAX_QUERY_CHARS,
     QUERY_PATTERN,
-    DebugInfo,
     Device,
     ErrorResponse,
     FeedbackAccepted,
     Health,
     ReloadResult,
-    SearchHit,
     SearchRequest,
     SearchResponse,
 )
@@ -54,6 +55,7 @@ from services.serving.filters import SearchFilters
 from services.serving.routes_pages import pages_router
 from services.serving.routes_suggest import suggest_router
 from services.serving.routes_ui import ui_router
+from services.serving.search_http import json_bytes, lean_request, response_document, send_json
 
 if TYPE_CHECKING:  # the runtime imports every part; the app only needs its type here
     from services.serving.runtime import Runtime
@@ -214,9 +216,66 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class CountRequests:
+    """ltrr_http_requests_total by route and status. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware (`@app.middleware("http")`) runs every request through a task group and
+    memory streams, which cost more per /search than the request counting itself (py-spy)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def tracking(msg: dict[str, Any]) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        await self.app(scope, receive, tracking)
+        route = scope.get("route")  # set by the router (or the lean /search route) on the shared scope
+        metrics.HTTP_REQUESTS.labels(route=getattr(route, "path", "unmatched"), status=str(status)).inc()
+
+
+class LeanSearchGet:
+    """GET /search without FastAPI's per-parameter machinery for the plain case (see
+    services.serving.search_http): innermost middleware, so the size limits, the 500 guard, the
+    request counter and CORS apply as to every route. Anything it does not take goes on to the
+    FastAPI route unchanged."""
+
+    def __init__(self, app: ASGIApp, handler: Callable[[dict[str, Any], SearchRequest], Awaitable[bytes]],
+                 route: Callable[[], APIRoute | None]):
+        self.app, self.handler, self.route = app, handler, route
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/search":
+            req = lean_request(scope.get("query_string", b""))
+            if req is not None:
+                scope["route"] = self.route()
+                try:
+                    body = await self.handler(scope, req)
+                except ApiError as exc:
+                    await _error(exc.status, exc.code, exc.message, exc.details, exc.headers)(scope, receive, send)
+                    return
+                await send_json(send, 200, body)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(runtime: Runtime) -> FastAPI:
     """The app over one assembled services.serving.runtime.Runtime."""
     s = runtime.settings
+
+    # Searches run on threads of their own (at most max_active_searches at once, admission
+    # control): loop.run_in_executor is a leaner hop than Starlette's run_in_threadpool (anyio
+    # capacity limiter, backend detection), ~0.3 ms of the GIL per search in the py-spy profile.
+    search_threads = ThreadPoolExecutor(max_workers=s.max_active_searches, thread_name_prefix="search")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -227,6 +286,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             # close() logs and skips what it cannot stop; nothing may escape into uvicorn's
             # "Application shutdown failed", which would skip the rest of the shutdown.
             try:
+                search_threads.shutdown(wait=True)
                 await _in_thread(runtime.close)
             except Exception:
                 log.exception("shutdown failed")
@@ -236,18 +296,15 @@ def create_app(runtime: Runtime) -> FastAPI:
         description="Music search that learns to rank and to retrieve: a contextual bandit picks the "
                     "retrievers, LightGBM ranks their union, and feedback teaches both.",
     )
-    # Added innermost first: CatchAll < BodyLimit < request counter < CORS (outermost, so every
+    # Added innermost first.
+    # LeanSearchGet < CatchAll < BodyLimit < request counter < CORS (outermost, so every
     # response, errors included, carries the CORS headers).
+    routes: dict[str, APIRoute] = {}  # filled in below, once the routes exist
+    app.add_middleware(LeanSearchGet, handler=lambda scope, req: _lean_search(scope, req),
+                       route=lambda: routes.get("GET /search"))
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, limit=s.max_body_bytes)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.HTTP_REQUESTS.labels(route=getattr(route, "path", "unmatched"),
-                                     status=str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests)
 
     if s.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(s.cors_origins), allow_methods=["GET", "POST"],
@@ -301,45 +358,33 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     admission = SearchAdmission(s.max_active_searches, s.search_queue, s.shed_queue)
 
-    async def _admitted_search(req: SearchRequest) -> SearchResponse:
+    async def _admitted_search(req: SearchRequest) -> bytes:
+        """The response body of one admitted search (a SearchResponse document, serialized)."""
         try:
             async with admission.admit() as shed:
-                return await _in_thread(_do_search, req, shed)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(search_threads, functools.partial(_do_search, req, shed))
         except Overloaded:
             raise ApiError(503, "overloaded", f"{admission.waiting} searches are waiting; retry shortly",
                            headers={"Retry-After": "1"}) from None
 
-    def _do_search(req: SearchRequest, shed: bool = False) -> SearchResponse:
+    def _do_search(req: SearchRequest, shed: bool = False) -> bytes:
         out = runtime.pipeline.search(req.q, req.limit, user_id=req.user_id, session_id=req.session_id,
                                       locale=req.context.locale, device=req.context.device,
                                       ts=req.context.timestamp, analytics=req.analytics,
                                       collapse_versions=req.collapse, shed=shed, filters=req.filters,
                                       facets=req.facets)
-        cat = runtime.catalog
-        hits = []
-        names = out.record.feature_names
-        for i, tid in enumerate(out.record.served):
-            t = cat.by_id[tid]
-            feats = None
-            if req.debug and out.features is not None:
-                feats = {n: (None if v != v else float(v)) for n, v in zip(names, out.features[i], strict=True)}
-            hits.append(SearchHit.of_track(t, position=i + 1, score=out.scores[i], retrievers=out.found_by.get(tid, []),
-                                           versions=out.versions.get(tid, []), features=feats))
-        debug = None
-        if req.debug:
-            rec = out.record
-            debug = DebugInfo(
-                policy=rec.policy, action=list(rec.actions[rec.chosen].arms), budget=rec.actions[rec.chosen].budget,
-                propensity=rec.propensity,
-                probabilities={a.key: p for a, p in zip(rec.actions, rec.probabilities, strict=True)},
-                timings_ms={k: round(v, 3) for k, v in out.timings_ms.items()}, failed_retrievers=rec.failed,
-                retriever_deadlines_ms={k: round(v, 2) for k, v in out.deadlines_ms.items()},
-                candidates_per_retriever={k: len(v) for k, v in rec.candidates.items()},
-                bandit_version=rec.bandit_version, ranker_version=rec.ranker_version, context=out.context)
-        log.info("search", extra={"search_id": out.record.search_id, "q_len": len(req.q),
-                                  "action": out.decision.action.key, "ms": round(out.timings_ms["total"], 2)})
-        return SearchResponse(search_id=out.record.search_id, query=req.q, results=hits, debug=debug,
-                              facets=out.facets, total=out.total)
+        if log.isEnabledFor(logging.DEBUG):  # one line per search is a debugging aid, not an access log
+            log.debug("search", extra={"search_id": out.record.search_id, "q_len": len(req.q),
+                                       "action": out.decision.action.key, "ms": round(out.timings_ms["total"], 2)})
+        # The document SearchResponse describes, built and serialized without re-validation
+        # (services.serving.search_http); response_model below still documents it.
+        return json_bytes(response_document(out, req, runtime.catalog))
+
+    async def _lean_search(scope: dict[str, Any], req: SearchRequest) -> bytes:
+        if s.search_requires_key:
+            search_key(Request(scope))
+        return await _admitted_search(req)
 
     search_errors = (401, 403, 414, 422, 500, 503)
 
@@ -361,7 +406,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         collapse: Annotated[bool, Query(description="one hit per recording")] = True,
         facets: Annotated[str | None, Query(max_length=64, pattern=r"^(genre|decade)(,(genre|decade))?$",
                                             description="comma list: `genre`, `decade`")] = None,
-    ) -> SearchResponse:
+    ) -> Response:
         unknown = sorted(set(request.query_params) - GET_SEARCH_PARAMS)
         if unknown:
             # A misspelt filter (`yaer_from`) silently ignored would answer an unfiltered search.
@@ -383,12 +428,12 @@ def create_app(runtime: Runtime) -> FastAPI:
                 "context": {k: v for k, v in (("locale", locale), ("device", device)) if v is not None}})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
-        return await _admitted_search(req)
+        return Response(await _admitted_search(req), media_type="application/json")
 
     @app.post("/search", response_model=SearchResponse, responses=_responses(400, 413, *search_errors),
               tags=["search"], dependencies=[Depends(search_key)])
-    async def search_post(req: SearchRequest) -> SearchResponse:
-        return await _admitted_search(req)
+    async def search_post(req: SearchRequest) -> Response:
+        return Response(await _admitted_search(req), media_type="application/json")
 
     @app.post("/feedback", status_code=202, response_model=FeedbackAccepted,
               responses=_responses(401, 403, 413, 414, 415, 422, 500, 503), tags=["feedback"],
@@ -462,6 +507,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(ui_router(runtime, stats_guard=search_key))  # the web page, /stats/learning
 
     _complete_openapi(app)
+    # The lean GET /search names the FastAPI route in its scope, as the router does (metrics label).
+    routes["GET /search"] = next(r for r in app.routes if isinstance(r, APIRoute) and r.path == "/search"
+                                 and "GET" in (r.methods or ()))
     return app
 
 

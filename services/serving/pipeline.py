@@ -41,8 +41,10 @@ from services.jsonl_log import JsonlWriter
 from services.keys import Keys
 from services.models import ModelHolder
 from services.serving.arm_budgets import ArmBudgets
+from services.serving.decision_writer import DecisionWriter, SearchActivity
 from services.serving.filters import CatalogColumns, Facet, SearchFilters
 from services.serving.recordings import base_title, collapse, primary_artist, recording_key
+from services.serving.retrieval_cache import Key, RetrievalCache
 
 log = logging.getLogger(__name__)
 MEMORY_CANDIDATES = 50  # remembered tracks added to the ranked union, at most
@@ -51,14 +53,6 @@ MEMORY_CANDIDATES = 50  # remembered tracks added to the ranked union, at most
 FILTER_OVERFETCH = 5
 FILTER_FETCH_MAX = 500
 FILTER_SCAN = "filter"  # the scan's name in the record's candidates and in a hit's `retrievers`
-
-
-class SearchActivity(Protocol):
-    """Per-minute counters for the web page's learning view (services.activity.ActivityRecorder),
-    written in the same Redis round trip as the decision."""
-
-    def record_search(self, pipe: redis.client.Pipeline, action_key: str, explored: bool,
-                      timings_ms: Mapping[str, float], ts: float) -> None: ...
 
 
 class QueryCosines(Protocol):
@@ -136,6 +130,8 @@ class SearchPipeline:
         self.recording_of = {t.track_id: recording_key(t.title, t.artist) for t in parts.catalog.tracks}
         self.popularity_of = {t.track_id: t.popularity / 100.0 for t in parts.catalog.tracks}
         self.columns = CatalogColumns(parts.catalog.tracks)
+        self.retrieval_cache = RetrievalCache(settings.retrieval_cache_entries)
+        self.writer = DecisionWriter(client, self.decisions, decision_log, activity)
 
     # ---------------------------------------------------------------------------------------
     def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
@@ -291,12 +287,15 @@ class SearchPipeline:
             ranked = Ranked(query=query, ids=[ids[i] for i in depth], scores=[float(scores[i]) for i in depth],
                             found_by=[sorted(arms_of[ids[i]]) for i in depth],
                             versions={ids[i]: versions[ids[i]] for i in depth if ids[i] in versions})
-            self._log_decision(record, now, timings, ranked)
+            self._log_decision(record, now, ranked)
             total = len(ranked.ids) if self.decisions is not None else 0
         else:
             total = 0
         timings["log"] = _ms(t)
         timings["total"] = _ms(t0)
+        if analytics:
+            # Queued after the timings are complete, so the activity counters see log and total too.
+            self.writer.submit(record, dict(timings), now)
         for stage, ms in timings.items():
             metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
         return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
@@ -411,12 +410,32 @@ class SearchPipeline:
         """Runs `arms` in parallel, each with its own deadline (services.serving.arm_budgets): (candidates
         of the arms that answered in time, arms dropped, ms per arm, deadline ms per arm)."""
         started = time.perf_counter()
-        futures = {a: self.pool.submit(self._timed, self.parts.retrievers[a], query, budget)
-                   for a in arms if a in self.parts.retrievers}
-        deadlines = {a: self.budgets.deadline_ms(a) for a in futures}
         results: dict[str, list[Candidate]] = {}
         failed: list[str] = []
         per_ms: dict[str, float] = {}
+        cache = self.retrieval_cache
+        to_run: dict[str, tuple[Retriever, Key | None]] = {}
+        for a in arms:
+            retriever = self.parts.retrievers.get(a)
+            if retriever is None:
+                continue
+            # The key names the retriever object that runs (and its version), read once: a hot
+            # reload mid-search must not file the old model's answer under the new one.
+            key = cache.key(a, retriever, query, budget) if cache.enabled(a) else None
+            if key is not None:
+                t = time.perf_counter()
+                got = cache.get(key)
+                if got is not None:
+                    # Not observed by the deadlines (they measure the arm's own runtime) and
+                    # logged with what it cost this search: almost nothing.
+                    results[a] = got
+                    per_ms[a] = (time.perf_counter() - t) * 1000
+                    metrics.RETRIEVAL_CACHE.labels(retriever=a, outcome="hit").inc()
+                    continue
+                metrics.RETRIEVAL_CACHE.labels(retriever=a, outcome="miss").inc()
+            to_run[a] = (retriever, key)
+        futures = {a: self.pool.submit(self._timed, r, query, budget) for a, (r, _) in to_run.items()}
+        deadlines = {a: self.budgets.deadline_ms(a) for a in futures}
         # Earliest deadline first: a failing arm drops only itself, a hanging one costs only its
         # own deadline, and an arm done before its turn is taken as it is.
         for arm in sorted(futures, key=deadlines.__getitem__):
@@ -437,6 +456,9 @@ class SearchPipeline:
                 continue
             results[arm] = cands
             per_ms[arm] = ms
+            key = to_run[arm][1]
+            if key is not None:
+                cache.put(key, cands)
             self.budgets.observe(arm, ms, found=bool(cands))
             metrics.RETRIEVER_SECONDS.labels(retriever=arm).observe(ms / 1000.0)
         for arm, ms in deadlines.items():
@@ -450,13 +472,24 @@ class SearchPipeline:
         return len({self.recording_of.get(t, t) for t in found} if by_recording else found) >= limit
 
     def _retrieve_now(self, query: str, arm: str, budget: int) -> tuple[list[Candidate], float] | None:
-        """One arm in this thread, without a deadline; None if it fails."""
+        """One arm in this thread, without a deadline (through the retrieval cache, as the chosen
+        arms: a query the chosen arms cannot fill keeps needing its filler); None if it fails."""
+        retriever = self.parts.retrievers[arm]
+        cache = self.retrieval_cache
+        key = cache.key(arm, retriever, query, budget) if cache.enabled(arm) else None
+        if key is not None and (got := cache.get(key)) is not None:
+            metrics.RETRIEVAL_CACHE.labels(retriever=arm, outcome="hit").inc()
+            return got, 0.0
         try:
-            return self._timed(self.parts.retrievers[arm], query, budget)
+            cands, ms = self._timed(retriever, query, budget)
         except Exception as exc:
             metrics.RETRIEVER_FAILURES.labels(retriever=arm, reason="error").inc()
             log.error("fallback retriever %s failed: %r", arm, exc)
             return None
+        if key is not None:
+            metrics.RETRIEVAL_CACHE.labels(retriever=arm, outcome="miss").inc()
+            cache.put(key, cands)
+        return cands, ms
 
     def _log_timeout(self, arm: str, deadline_ms: float) -> None:
         """One line per arm per 10 s: under overload every search could time out, and the
@@ -560,34 +593,38 @@ class SearchPipeline:
             log.warning("q2e feature lookup failed: %r", exc)
             return None
 
-    def _log_decision(self, record: DecisionRecord, now: float, timings: Mapping[str, float],
-                      ranked: Ranked | None = None) -> None:
-        body = record.model_dump_json()
-        if self.decision_log is not None:
-            self.decision_log.write(body)
+    def _log_decision(self, record: DecisionRecord, now: float, ranked: Ranked | None = None) -> None:
+        """The part of a search's logging that must precede its response, in one round trip:
+        the served key and the ranked head (DecisionStore.stage_served), and the session's recent
+        queries (/suggest completes the next query from them). The full record with its reward
+        deadline, its JSONL line and the activity counters follow on the writer's thread
+        (services.serving.decision_writer)."""
         if self.redis is None or self.decisions is None:
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
-            self.decisions.stage(pipe, record, body, now, ranked)
+            self.decisions.stage_served(pipe, record, ranked)
             if record.session_id:
-                # The session's recent queries: /suggest completes the next one from the last.
                 sq = self.keys.session_queries(record.session_id)
                 pipe.lpush(sq, record.query_norm)
                 pipe.ltrim(sq, 0, 9)
                 pipe.expire(sq, 1800)
-            if self.activity is not None:
-                probs = record.probabilities
-                explored = bool(probs) and probs[record.chosen] < max(probs)
-                self.activity.record_search(pipe, record.actions[record.chosen].key, explored, timings, now)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             # The search still answers; its feedback will be refused as unknown, which is honest.
             metrics.ERRORS.labels(kind="redis_decision").inc()
             log.warning("could not store decision %s in redis: %s", record.search_id, exc)
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Waits until every search so far is fully logged (full decision in Redis, JSONL line
+        queued, activity counted); False on timeout. For tests and tools that read them at once."""
+        return self.writer.flush(timeout)
+
     def close(self) -> None:
+        """Stops the retriever threads and writes every queued decision record (before the
+        runtime closes the decision log and Redis)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.writer.close()
 
 
 def _track_record(t: Track) -> TrackRecord:

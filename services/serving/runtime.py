@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -58,9 +59,20 @@ def connect_redis(settings: Settings) -> tuple[redis.Redis, EmbeddedRedis | None
     return client, server
 
 
-def vw_config(settings: Settings) -> VWConfig:
-    return VWConfig(exploration=settings.exploration, epsilon=settings.epsilon,
-                    cost=CostModel(latency_lambda=settings.latency_lambda))
+def vw_config(settings: Settings, arm_ms: Mapping[str, float] | None = None) -> VWConfig:
+    """The VW configuration of `settings`; in "arm_ms" mode priced by `arm_ms`, the table a bandit
+    version carries (its manifest's config, measured by the cold start)."""
+    cost = CostModel(latency_lambda=settings.latency_lambda)
+    if settings.latency_mode == "arm_ms":
+        cost = cost.with_arm_ms(arm_ms or {})
+    return VWConfig(exploration=settings.exploration, epsilon=settings.epsilon, cost=cost)
+
+
+def arm_ms_of(config: Mapping[str, object] | None) -> dict[str, float]:
+    """The per-arm price table in a stored VWConfig.to_dict() (empty when it has none)."""
+    cost = (config or {}).get("cost")
+    table = cost.get("arm_ms", ()) if isinstance(cost, Mapping) else ()
+    return {str(a): float(ms) for a, ms in table}  # type: ignore[union-attr]
 
 
 class BanditStore:
@@ -136,7 +148,9 @@ class BanditStore:
         self.redis.hset(self.keys.bandit_model, mapping={
             "version": version, "model": data, "sha256": sha,
             "last_update_id": str(meta.get("last_update_id", "0-0")),
-            "n_learned": str(meta.get("n_learned", 0))})
+            "n_learned": str(meta.get("n_learned", 0)),
+            # the per-arm prices the learner continues with (replicas may have no volume)
+            "arm_ms": json.dumps(arm_ms_of(meta.get("config")))})
 
     # --- reading (ModelSource) -------------------------------------------------------------------
 
@@ -167,9 +181,9 @@ class BanditStore:
         if self.redis is not None:
             try:
                 got = self.redis.hmget(self.keys.bandit_model, ["version", "model", "sha256", "last_update_id",
-                                                            "n_learned"])
+                                                            "n_learned", "arm_ms"])
             except (redis.RedisError, OSError) as exc:
-                got = [None] * 5
+                got = [None] * 6
                 problems.append(f"redis: {exc!r}")
             if got[0] is not None and got[0].decode() == version:
                 data, sha = got[1] or b"", got[2].decode() if got[2] is not None else None
@@ -180,7 +194,8 @@ class BanditStore:
                 else:
                     meta = {"last_update_id": got[3].decode() if got[3] else "0-0",
                             "n_learned": int(got[4]) if got[4] else 0}
-                    return self._policy(data, version, "redis"), meta
+                    arm_ms = json.loads(got[5]) if got[5] else {}
+                    return self._policy(data, version, "redis", arm_ms), meta
         try:
             manifest = self.store.verify(version)
         except ArtifactError as exc:
@@ -188,11 +203,12 @@ class BanditStore:
         data = (self.store.path(version) / self.MODEL_FILE).read_bytes()
         if hashlib.sha256(data).hexdigest() != manifest["files"].get(self.MODEL_FILE):
             raise ArtifactError(f"bandit {version}: {self.MODEL_FILE} changed after verification")
-        return self._policy(data, version, str(self.store.path(version))), dict(manifest.get("meta", {}))
+        meta = dict(manifest.get("meta", {}))
+        return self._policy(data, version, str(self.store.path(version)), arm_ms_of(meta.get("config"))), meta
 
-    def _policy(self, data: bytes, version: str, where: str) -> VWPolicy:
+    def _policy(self, data: bytes, version: str, where: str, arm_ms: Mapping[str, float]) -> VWPolicy:
         try:
-            return VWPolicy.from_bytes(data, vw_config(self.settings), version=version)
+            return VWPolicy.from_bytes(data, vw_config(self.settings, arm_ms), version=version)
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"bandit {version} from {where}: VW cannot load it: {exc}") from exc
 
@@ -349,10 +365,15 @@ def load_retrievers(settings: Settings, client: redis.Redis | None, catalog: Cat
 def single_threaded_kernels() -> None:
     """One thread per numeric kernel while serving: concurrency comes from concurrent requests,
     and OpenMP teams spin-waiting for a busy second core made one faiss Flat search over 28k
-    vectors take 48 ms instead of 8 ms on a loaded 2-core machine."""
+    vectors take 48 ms instead of 8 ms on a loaded 2-core machine. The same holds for OpenBLAS
+    (numpy's, scipy's and faiss's copies): after each matrix-vector product of the dense cosine
+    features its second thread spins in sched_yield, which py-spy/gdb showed burning 5-8 ms of CPU
+    per search under load, as much as the search itself."""
     import faiss
+    from threadpoolctl import threadpool_limits
 
     faiss.omp_set_num_threads(1)
+    threadpool_limits(limits=1)  # every BLAS and OpenMP runtime loaded so far, for the process's life
     try:
         import torch
 
@@ -387,6 +408,7 @@ class Runtime:
         self.xr.on_change = self._swap_xr
         self.suggest_model = suggest_holder(settings)
         self.pipeline.warm_up()
+        single_threaded_kernels()  # again: loading the models brought in more BLAS/OpenMP copies (scipy's)
         self.decisions = DecisionStore.from_settings(self.redis, self.keys, settings)
         self.ingest = FeedbackIngest(self.redis, self.keys, self.decisions)
         self.worker = None
@@ -416,8 +438,10 @@ class Runtime:
         return {h.kind: h.status() for h in self.holders()}
 
     def _swap_xr(self, model: Retriever) -> None:
-        # Retrievers are read per search from this dict, so one assignment swaps the model.
+        # Retrievers are read per search from this dict, so one assignment swaps the model. Its
+        # cached lists go with the old model (a new version is a new key anyway).
         self.pipeline.parts.retrievers["xr"] = model
+        self.pipeline.retrieval_cache.invalidate("xr")
 
     def xr_version(self) -> str | None:
         return self.xr.version
