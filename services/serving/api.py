@@ -41,6 +41,7 @@ from services.serving.api_models import (
     QUERY_PATTERN,
     DebugInfo,
     Device,
+    EntityHit,
     ErrorResponse,
     FeedbackAccepted,
     Health,
@@ -314,7 +315,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                                       locale=req.context.locale, device=req.context.device,
                                       ts=req.context.timestamp, analytics=req.analytics,
                                       collapse_versions=req.collapse, shed=shed, filters=req.filters,
-                                      facets=req.facets)
+                                      facets=req.facets, types=req.types)
         cat = runtime.catalog
         hits = []
         names = out.record.feature_names
@@ -323,8 +324,12 @@ def create_app(runtime: Runtime) -> FastAPI:
             feats = None
             if req.debug and out.features is not None:
                 feats = {n: (None if v != v else float(v)) for n, v in zip(names, out.features[i], strict=True)}
-            hits.append(SearchHit.of_track(t, position=i + 1, score=out.scores[i], retrievers=out.found_by.get(tid, []),
-                                           versions=out.versions.get(tid, []), features=feats))
+            hits.append(SearchHit.of_track(t, position=out.positions[i], score=out.scores[i],
+                                           retrievers=out.found_by.get(tid, []), versions=out.versions.get(tid, []),
+                                           features=feats))
+        if out.entities:  # artists and albums, at their positions among the tracks
+            hits += [EntityHit.of_entity(p, cat) for p in out.entities]
+            hits.sort(key=lambda h: h.position)
         debug = None
         if req.debug:
             rec = out.record
@@ -361,6 +366,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         collapse: Annotated[bool, Query(description="one hit per recording")] = True,
         facets: Annotated[str | None, Query(max_length=64, pattern=r"^(genre|decade)(,(genre|decade))?$",
                                             description="comma list: `genre`, `decade`")] = None,
+        types: Annotated[str | None, Query(max_length=64, description="comma list of hit kinds: `track`, `artist`, "
+                                                                       "`album` (default all three)")] = None,
     ) -> SearchResponse:
         unknown = sorted(set(request.query_params) - GET_SEARCH_PARAMS)
         if unknown:
@@ -380,6 +387,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                 "analytics": analytics, "collapse": collapse,
                 "filters": filter_params.model_dump(exclude_none=True) or None,
                 "facets": [f.strip() for f in facets.split(",") if f.strip()] if facets else [],
+                **({"types": [t.strip() for t in types.split(",")]} if types is not None else {}),
                 "context": {k: v for k, v in (("locale", locale), ("device", device)) if v is not None}})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
@@ -473,7 +481,7 @@ class FilterQuery(SearchFilters):
 
 
 GET_SEARCH_PARAMS = frozenset({"q", "limit", "user_id", "session_id", "locale", "device", "debug", "analytics",
-                               "collapse", "facets", *SearchFilters.model_fields})
+                               "collapse", "facets", "types", *SearchFilters.model_fields})
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
