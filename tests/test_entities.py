@@ -106,7 +106,8 @@ def test_name_matcher_exact_forms_typos_and_words() -> None:
     assert names("taylor") == []  # part of a name is not the name
     assert names("taylor swift love") == []
     assert names("mix") == []  # no typos in words under 4 letters
-    assert names("lvoe") == [("love", 1)]
+    assert names("lvoe") == []  # nor in a lone 4-letter word: too many names are one edit away
+    assert names("lvoe drake") == []  # a name is matched whole
     assert m.match("tayler swift", fuzzy=False) == []
 
 
@@ -122,6 +123,10 @@ def test_an_artist_query_names_the_artist_exactly_or_with_a_typo(planner: Entity
         named = _first(planner, q)
         assert named[0] == ("artist:taylor-swift", edits, True), q
     assert _first(planner, "coldpaly")[0][:2] == ("artist:coldplay", 1)
+    # the whole query is tried as a name before its intent words are taken off
+    assert _first(planner, "dorrough music")[0] == ("artist:dorrough-music", 0, True)
+    # a common word is not a typo of a rare name ("Txylor" is an artist too)
+    assert _first(planner, "taylor") == []
 
 
 def test_a_title_that_shares_a_word_names_nothing(planner: EntityPlanner) -> None:
@@ -133,6 +138,8 @@ def test_a_title_that_shares_a_word_names_nothing(planner: EntityPlanner) -> Non
 def test_a_song_title_beats_a_less_popular_artist_and_a_single(planner: EntityPlanner, index: EntityIndex) -> None:
     # IRIS the artist is less popular than "Iris" the Goo Goo Dolls song: a hit, but not first
     assert _first(planner, "iris") == [("artist:iris", 0, False)]
+    # what was typed is the song's title, whatever the name's full form ("The Revival")
+    assert all(not n.first for n in planner.named("revival"))
     # an album that is one song's single is that song's query: no album hit
     singles = [e for e in index.entities if e.kind == "album" and e.title_track and e.n_recordings == 1]
     assert singles

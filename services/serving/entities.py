@@ -38,7 +38,7 @@ from logged.records import EntityKind, ServedEntity
 from retrievers.text import normalize
 from services.catalog import Catalog, Track
 from services.decision_store import Ranked
-from services.serving.entity_names import NameMatch, NameMatcher, parse_intent, split_points
+from services.serving.entity_names import Intent, NameMatch, NameMatcher, parse_intent, split_points
 from services.serving.recordings import base_title, primary_credit
 
 HitType = Literal["track", "artist", "album"]
@@ -308,19 +308,16 @@ class EntityPlanner:
     def named(self, qnorm: str) -> list[_Named]:
         """The entities the query names, best first, each marked whether it may come first."""
         ix = self.index
+        # The whole query as a name first ("dorrough music" is an artist, "... the album" an
+        # album), then without its intent words ("taylor swift songs").
         intent = parse_intent(qnorm)
-        core = intent.core
-        title_pop = ix.title_popularity.get(core)
+        if intent.core != qnorm and self._matches(qnorm, fuzzy=False):
+            intent = Intent(qnorm, None)
         # An exact song title is a better reading of the query than a misspelt name.
-        matches = ix.matcher.match(core, fuzzy=title_pop is None)
-        words = core.split()
-        by_pair: list[NameMatch] = []
-        for a, b in split_points(words):  # "<artist> <album>" or "<album> <artist>"
-            pairs = ix.by_artist_album.get((a, b), []) + ix.by_artist_album.get((b, a), [])
-            by_pair += [NameMatch(i, 0) for i in pairs]
+        matches = self._matches(intent.core, fuzzy=intent.core not in ix.title_popularity)
         out: dict[str, _Named] = {}
         editions: dict[tuple[str, str], Entity] = {}  # one album per artist and name (not its deluxe too)
-        for m, paired in [(m, False) for m in matches] + [(m, True) for m in by_pair]:
+        for m, paired in matches:
             e = ix.entities[m.index]
             if e.kind == "album":
                 other = editions.setdefault((e.artist_norm, e.norm), e)
@@ -330,7 +327,7 @@ class EntityPlanner:
                 out.pop(other.entity_id, None)
             if intent.want is not None and e.kind != intent.want:
                 continue
-            first = self._asks_for(e, intent.want, title_pop, paired)
+            first = self._asks_for(e, intent.want, paired, intent.core if m.edits == 0 else e.norm)
             if first is None:
                 continue
             prev = out.get(e.entity_id)
@@ -339,8 +336,22 @@ class EntityPlanner:
         return sorted(out.values(), key=lambda n: (not n.first, n.edits, n.entity.kind != "artist",
                                                    -n.entity.popularity, n.entity.entity_id))
 
-    def _asks_for(self, e: Entity, want: str | None, title_pop: int | None, paired: bool) -> bool | None:
-        """True: the entity may come first; False: it comes after the best tracks; None: no hit."""
+    def _matches(self, core: str, *, fuzzy: bool) -> list[tuple[NameMatch, bool]]:
+        """(match, read as "<artist> <album>") for every entity `core` names."""
+        ix = self.index
+        out = [(m, False) for m in ix.matcher.match(core, fuzzy=fuzzy)]
+        for a, b in split_points(core.split()):  # "<artist> <album>" or "<album> <artist>"
+            pairs = ix.by_artist_album.get((a, b), []) + ix.by_artist_album.get((b, a), [])
+            out += [(NameMatch(i, 0), True) for i in pairs]
+        return out
+
+    def _asks_for(self, e: Entity, want: str | None, paired: bool, typed: str) -> bool | None:
+        """True: the entity may come first; False: it comes after the best tracks; None: no hit.
+        Whether its name, or what was typed for it ("revival" for "The Revival"), is also a song's
+        title decides most of it (a typo of the name is as much a typo of the song)."""
+        titles = self.index.title_popularity
+        title_pop = max(titles.get(e.norm, -1), titles.get(typed, -1))
+        title_pop = None if title_pop < 0 else title_pop
         if want == e.kind:
             return not (e.kind == "album" and e.norm in self.index.generic_album_names and not paired)
         if e.kind == "artist":
