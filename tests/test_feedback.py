@@ -97,7 +97,7 @@ def test_10k_events_over_http_are_each_applied_exactly_once(service) -> None:
     rt, client = service
     searched = searches(client, 60)
     events = events_for(searched, 10_000)
-    assert sum("entity_id" in e for e in events) > 100  # events on artist hits count once too
+    assert sum("entity_id" in e for e in events) > 40  # events on artist hits count once too
     post(client, events)
     post(client, events[:2000])  # a client retrying: same event ids again
     worker = make_worker(rt)
