@@ -140,6 +140,9 @@ def test_a_song_title_beats_a_less_popular_artist_and_a_single(planner: EntityPl
     assert _first(planner, "iris") == [("artist:iris", 0, False)]
     # what was typed is the song's title, whatever the name's full form ("The Revival")
     assert all(not n.first for n in planner.named("revival"))
+    # a single's album named with the song's full title ("Taste (feat. Offset)") is that single
+    for q in ("tyga taste feat offset", "the chainsmokers closer feat halsey", "sech otro trago remix"):
+        assert planner.named(q) == [], q
     # an album that is one song's single is that song's query: no album hit
     singles = [e for e in index.entities if e.kind == "album" and e.title_track and e.n_recordings == 1]
     assert singles

@@ -67,6 +67,8 @@ class Entity:
     year: int | None  # albums: release year
     genres: tuple[str, ...]
     title_track: bool  # albums: named like one of its songs (a single, or a title track)
+    title_key: str  # the name as a song title (services.serving.recordings.base_title): "taste" for
+    # the single "Taste (feat. Offset)"; the artist's name for an artist
 
     @property
     def tracks(self) -> tuple[str, ...]:
@@ -164,7 +166,7 @@ class EntityIndex:
             name = Counter(r.credit for r in rows).most_common(1)[0][0]
             e = Entity(artist_entity_id(norm), "artist", name, name, norm, norm,
                        tuple(t.track_id for t in best[:MAX_RECORDINGS]), len(best), best[0].popularity, None,
-                       _genres(rows), False)
+                       _genres(rows), False, norm)
             entities.append(e)
             for r in rows:
                 track_entities[r.track.track_id].append(e.entity_id)
@@ -173,9 +175,12 @@ class EntityIndex:
             norm = normalize(best[0].album)  # may be "" ("???"): listed, never named
             lead = Counter(r.artist for r in rows).most_common(1)[0][0] if len(rows) > 1 else rows[0].artist
             artist = next(r.credit for r in rows if r.artist == lead)
+            # A single's album is often the song's full title ("Taste (feat. Offset)", "Otro Trago
+            # (Remix)"): compared as song titles, without version and featuring parts.
+            key = base_title(best[0].album)
             e = Entity(f"album:{album_id}", "album", best[0].album, artist, norm, lead,
                        tuple(t.track_id for t in best[:MAX_RECORDINGS]), len(best), best[0].popularity, best[0].year,
-                       _genres(rows), any(r.title == norm for r in rows))
+                       _genres(rows), any(r.title in (norm, key) for r in rows), key)
             entities.append(e)
             for r in rows:
                 track_entities[r.track.track_id].append(e.entity_id)
@@ -327,7 +332,7 @@ class EntityPlanner:
                 out.pop(other.entity_id, None)
             if intent.want is not None and e.kind != intent.want:
                 continue
-            first = self._asks_for(e, intent.want, paired, intent.core if m.edits == 0 else e.norm)
+            first = self._asks_for(e, intent.want, paired, intent.core if m.edits == 0 else e.title_key)
             if first is None:
                 continue
             prev = out.get(e.entity_id)
@@ -350,7 +355,7 @@ class EntityPlanner:
         Whether its name, or what was typed for it ("revival" for "The Revival"), is also a song's
         title decides most of it (a typo of the name is as much a typo of the song)."""
         titles = self.index.title_popularity
-        title_pop = max(titles.get(e.norm, -1), titles.get(typed, -1))
+        title_pop = max(titles.get(e.title_key, -1), titles.get(typed, -1))
         title_pop = None if title_pop < 0 else title_pop
         if want == e.kind:
             return not (e.kind == "album" and e.norm in self.index.generic_album_names and not paired)
