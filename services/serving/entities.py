@@ -11,11 +11,12 @@ tracks, the ones a client plays.
 - a named artist comes first (position 1), unless the query is also the exact title of a more
   popular track ("iris": the Goo Goo Dolls' song, not the band Iris): then it comes after the
   first SECONDARY_AFTER tracks;
-- a named album comes first unless the query is also a song title: a single ("Blinding Lights",
-  the album of one song) or an album that shares its name with another artist's song is no hit at
-  all, a title-track album ("Lover") comes after the first SECONDARY_AFTER tracks; a name shared
-  by more than GENERIC_ALBUM artists ("Greatest Hits") names no album unless the query also
-  names the artist ("queen greatest hits");
+- a named album comes first unless its name is also a song's title: a single ("Blinding Lights",
+  the album of one song) is no hit, an album named like one of its artist's songs ("Lover") comes
+  after the first SECONDARY_AFTER tracks, and so does an album of several songs named like another
+  artist's song ("Malibu"), unless the query names the artist too ("anderson paak malibu"): then
+  it comes first; a name shared by more than GENERIC_ALBUM artists ("Greatest Hits") names no
+  album unless the query also names the artist ("queen greatest hits");
 - "... songs" / "songs by ..." ask for the artist, "... album" for the album: that one comes first;
 - a typo match is tried only when the query is no exact name or song title at all;
 - of several named entities the best (exact before typo, artist before album, then popularity) is
@@ -118,11 +119,12 @@ class EntityIndex:
     """Every artist and album of a catalog, their names for matching, and track -> entity maps."""
 
     def __init__(self, entities: Sequence[Entity], track_entities: dict[str, tuple[str, ...]],
-                 title_popularity: dict[str, int]):
+                 title_popularity: dict[str, int], artist_titles: set[tuple[str, str]]):
         self.entities = list(entities)
         self.by_id = {e.entity_id: e for e in self.entities}
         self.track_entities = track_entities  # track id -> (artist id, album id or nothing)
         self.title_popularity = title_popularity  # normalized song title -> its most popular track's
+        self.artist_titles = artist_titles  # (primary artist, song title), both normalized
         title_words: dict[str, int] = {}
         for title in title_popularity:
             for w in set(title.split()):
@@ -184,7 +186,8 @@ class EntityIndex:
             entities.append(e)
             for r in rows:
                 track_entities[r.track.track_id].append(e.entity_id)
-        return cls(entities, {k: tuple(v) for k, v in track_entities.items()}, titles)
+        artist_titles = {(r.artist, r.title) for rows in by_artist.values() for r in rows}
+        return cls(entities, {k: tuple(v) for k, v in track_entities.items()}, titles, artist_titles)
 
 
 @dataclass(frozen=True)
@@ -363,12 +366,15 @@ class EntityPlanner:
             return title_pop is None or e.popularity >= title_pop
         if e.norm in self.index.generic_album_names and not paired:
             return None
-        if e.title_track:
-            # A single is its song; a title-track album is the song's album: the song comes first.
+        if e.title_track or (e.artist_norm, e.title_key) in self.index.artist_titles:
+            # A single is its song; an album named like one of its artist's songs ("Lover") is
+            # that song's album: the song comes first.
             return None if e.n_recordings <= 1 else False
-        # An album that only shares its name with some song ("Love?" and "love") is not what the
-        # query asks for.
-        return True if title_pop is None else None
+        if paired or title_pop is None:
+            return True  # named with its artist, it is not another artist's song of that name
+        # Another artist's song has its name ("Malibu"): the songs first, then an album of several
+        # songs; a one-song album of that name is no hit.
+        return False if e.n_recordings > 1 else None
 
     def _by_tracks(self, ids: Sequence[str], scores: Sequence[float], kinds: Sequence[str]) -> list[tuple[str, float]]:
         """Artists / albums of the ranked tracks, in the order of their best-ranked track."""
