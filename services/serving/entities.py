@@ -54,7 +54,7 @@ GENERIC_ALBUM = 3  # an album name used by more artists than this names no one a
 Allowed = Callable[[Sequence[str]], Sequence[bool]]  # which track ids a filter lets through
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entity:
     entity_id: str
     kind: EntityKind
@@ -86,7 +86,7 @@ def artist_entity_id(norm: str) -> str:
     return f"artist:{slug}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Row:
     """What the index needs of one track, computed once (names are normalized per track, not per
     entity: the build would otherwise normalize every title three times)."""

@@ -12,9 +12,9 @@ A query that merely shares a word with a name ("love" and "Love Story") names no
 words are left, and whether a named entity comes first: services.serving.entities.)
 
 Candidates for the typo match come from a deletion index over the names' words (every word and
-each of its one-letter deletions -> the words it comes from; word and word count -> names), so a
-lookup touches the few names with a word one or two edits away, not every name: tens of
-microseconds per query.
+each of its one-letter deletions -> the words it comes from, as sorted hashes; word and word count
+-> names), so a lookup touches the few names with a word one or two edits away, not every name:
+tens of microseconds per query.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 Want = Literal["artist", "album"]
 
@@ -121,32 +123,43 @@ class NameMatcher:
         of the catalog (song titles), added to the names' own counts: a typed word that is itself
         common is not read as a typo of a rarer one ("taylor" is not "txylor")."""
         self.names = list(names)
-        self.words = [n.split() for n in self.names]
+        vocab: dict[str, str] = {}  # one string object per distinct word, shared by every name using it
+        self.words = [tuple(vocab.setdefault(w, w) for w in n.split()) for n in self.names]
         self.sizes = [sum(len(w) for w in ws) for ws in self.words]  # letters, spaces not counted
-        self.exact: dict[str, list[int]] = defaultdict(list)
-        # (word, the name's word count) -> names; one-letter deletion -> the name words it comes from
-        self.postings: dict[tuple[str, int], list[int]] = defaultdict(list)
-        self.deletes: dict[str, list[str]] = defaultdict(list)
+        exact: dict[str, list[int]] = defaultdict(list)
+        # (word, the name's word count) -> names
+        postings: dict[tuple[str, int], list[int]] = defaultdict(list)
         for i, norm in enumerate(self.names):
             if not norm:
                 continue
             for key in name_keys(norm):
-                self.exact[key].append(i)
+                exact[key].append(i)
             words = self.words[i]
             if len(words) <= MAX_NAME_WORDS:
                 for w in set(words):
                     if len(w) >= 4:
-                        self.postings[(w, len(words))].append(i)
-        for w in {w for w, _ in self.postings}:  # each word's deletions once, however many names use it
-            for d in _deletions(w):
-                self.deletes[d].append(w)
+                        postings[(w, len(words))].append(i)
+        self.exact = {k: tuple(v) for k, v in exact.items()}
+        self.postings = {k: tuple(v) for k, v in postings.items()}
+        # One-letter deletion -> the name words it comes from, as two numpy arrays sorted by the
+        # deletion's hash (a dict of ~120k strings to lists held ~25 MB; these ~2 MB). A hash
+        # collision only adds a candidate, which the distance check then drops.
+        self.vocab = sorted({w for w, _ in self.postings})
+        pairs = sorted((hash(d), j) for j, w in enumerate(self.vocab) for d in _deletions(w))
+        self._del_hash = np.fromiter((h for h, _ in pairs), dtype=np.int64, count=len(pairs))
+        self._del_word = np.fromiter((j for _, j in pairs), dtype=np.int32, count=len(pairs))
         self.freq: dict[str, int] = dict(known_words or {})
         for ws in self.words:
             for w in set(ws):
                 self.freq[w] = self.freq.get(w, 0) + 1
-        self.exact = dict(self.exact)
-        self.postings = dict(self.postings)
-        self.deletes = dict(self.deletes)
+
+    def _near(self, words: Sequence[str]) -> set[str]:
+        """The name words within one deletion (each side) of a typed word of 4+ letters."""
+        keys = np.fromiter((hash(d) for w in words if len(w) >= 4 for d in _deletions(w)), dtype=np.int64)
+        lo = np.searchsorted(self._del_hash, keys, side="left")
+        hi = np.searchsorted(self._del_hash, keys, side="right")
+        spans = zip(lo.tolist(), hi.tolist(), strict=True)
+        return {self.vocab[j] for a, b in spans for j in self._del_word[a:b].tolist()}
 
     def match(self, core: str, *, fuzzy: bool = True) -> list[NameMatch]:
         """Names the normalized `core` is, exactly (edits 0) or else with typos, fewest edits first.
@@ -175,7 +188,7 @@ class NameMatcher:
             # it this way.
             return []
         budget = max(2, sum(len(w) >= 4 for w in words))  # about one edit per long word, at least 2
-        near = {v for w in words if len(w) >= 4 for d in _deletions(w) for v in self.deletes.get(d, ())}
+        near = self._near(words)
         size = sum(len(w) for w in words)
         candidates = {i for v in near for i in self.postings.get((v, n), ())
                       if abs(self.sizes[i] - size) <= budget}
