@@ -124,7 +124,7 @@ class EntityIndex:
         self.by_id = {e.entity_id: e for e in self.entities}
         self.track_entities = track_entities  # track id -> (artist id, album id or nothing)
         self.title_popularity = title_popularity  # normalized song title -> its most popular track's
-        self.artist_titles = artist_titles  # (primary artist, song title), both normalized
+        self.artist_titles = artist_titles  # (primary artist, song title) for titles some album has
         title_words: dict[str, int] = {}
         for title in title_popularity:
             for w in set(title.split()):
@@ -186,7 +186,9 @@ class EntityIndex:
             entities.append(e)
             for r in rows:
                 track_entities[r.track.track_id].append(e.entity_id)
-        artist_titles = {(r.artist, r.title) for rows in by_artist.values() for r in rows}
+        # Only the songs titled like an album matter to _asks_for.
+        album_keys = {e.title_key for e in entities if e.kind == "album"}
+        artist_titles = {(r.artist, r.title) for rows in by_artist.values() for r in rows if r.title in album_keys}
         return cls(entities, {k: tuple(v) for k, v in track_entities.items()}, titles, artist_titles)
 
 
