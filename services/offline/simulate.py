@@ -392,7 +392,9 @@ class InProcessDriver:
         from services.serving.feedback import FeedbackEventIn
 
         t0 = time.perf_counter()
-        out = self.rt.pipeline.search(q.text, sim.cfg.limit, user_id=q.user_id, session_id=f"{q.user_id}-s")
+        # Tracks only, as ApiDriver asks: the simulated users react to a list of tracks.
+        out = self.rt.pipeline.search(q.text, sim.cfg.limit, user_id=q.user_id, session_id=f"{q.user_id}-s",
+                                      types=("track",))
         ms = (time.perf_counter() - t0) * 1000
         rec = out.record
         events = sim.react(q, rec.served)
