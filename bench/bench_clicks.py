@@ -141,7 +141,9 @@ def serve_copy(base: Path, env_extra: dict[str, str]) -> Iterator[tuple[str, Pat
 
 
 def search(client: httpx.Client, url: str, q: str, limit: int, **params: str) -> dict:
-    r = client.get(url + "/search", params={"q": q, "limit": limit, **params}, timeout=30)
+    # types=track: the replay's users and relevance are tracks (artist and album hits are measured
+    # by bench_entities).
+    r = client.get(url + "/search", params={"q": q, "limit": limit, "types": "track", **params}, timeout=30)
     r.raise_for_status()
     return r.json()
 

@@ -58,7 +58,7 @@ def mixed_script(base: str, tmp: Path) -> Path:
     for q in qs[:40]:
         with urllib.request.urlopen(base + "/search?" + urllib.parse.urlencode({"q": q, "limit": 10})) as r:
             body = json.loads(r.read())
-        searches += [(body["search_id"], h["track_id"], i + 1) for i, h in enumerate(body["results"])]
+        searches += [(body["search_id"], h["track_id"], h["position"]) for h in body["results"] if h["type"] == "track"]
     bodies = []
     for b in range(50):
         evs = [{"event_id": f"load-{b}-{i}", "search_id": s, "track_id": t, "position": p,

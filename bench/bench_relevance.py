@@ -16,7 +16,9 @@ cold-start ranker was trained on the old index's scores, so /search then mixes t
 filters, mood -> audio-feature closeness, popularity) of the data dir. The pipeline reads it for
 the ranker's intent features; it is an arm only when LTRR_RETRIEVERS names it.
 
-`search` is /search as served by default (one result per recording, `collapse=true`);
+`search` is /search as served by default (one result per recording, `collapse=true`, every `types`):
+its tracks in their order, ignoring artist and album hits (`record.served`; a query naming an artist
+gets it first, which takes one of the page's positions: bench_entities measures those hits);
 `search-uncollapsed` is /search with `collapse=false` (every release of a recording may show).
 `search-fixed:all` and `search-fixed:xr` are /search with the bandit's choice replaced by one
 fixed action (every retriever; XR-Linear alone): the ranker's part apart from the bandit's.

@@ -369,7 +369,8 @@ def _feedback(base: str, tmp: Path, qs: Sequence[str], seconds: int) -> dict[str
         for q in qs[b * 5:(b + 1) * 5]:
             with urllib.request.urlopen(base + "/search?" + urllib.parse.urlencode({"q": q, "limit": 20})) as r:
                 body = json.loads(r.read())
-            hits += [(body["search_id"], h["track_id"], i + 1) for i, h in enumerate(body["results"])]
+            hits += [(body["search_id"], h["track_id"], h["position"]) for h in body["results"]
+                     if h["type"] == "track"]
         evs = [{"event_id": f"b{b}-{i}", "search_id": s, "track_id": t, "position": p, "type": "click"}
                for i, (s, t, p) in enumerate((hits * 10)[:100])]
         batches.append(json.dumps({"events": evs}))

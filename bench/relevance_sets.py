@@ -17,6 +17,15 @@
   The title is the part people type: no version suffix ("- Remastered 2011", "(feat. X)").
   Relevant = the sampled track or any version of the same recording
   (`services.serving.recordings.recording_key`: same base title and same primary artist).
+- **entity**: queries for an artist or an album, built from the catalog's entities
+  (services.serving.entities.EntityIndex) with a fixed seed; relevant = the entity (for an album,
+  any edition: same artist, same name). Artists sampled uniformly (long tail included):
+  `artist` ("taylor swift"), `artist_typo` (add_typos, "tayler swift"), `artist_songs`
+  ("taylor swift songs"). Albums sampled uniformly among the ones a query can ask for by name:
+  not a single named like its one song ("Blinding Lights" is that song's query), not a name more
+  than GENERIC_ALBUM artists use ("Greatest Hits"), not named like its artist ("Bon Iver": the
+  artist answers that name): `album` ("1989"), `album_typo`,
+  `artist_album` ("taylor swift 1989"), `album_word` ("1989 album").
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ from services.offline.typos import add_typos
 from services.serving.recordings import base_title, primary_artist, recording_key
 
 SpearfishKind = Literal["artist_title", "title", "partial_title", "title_typo", "artist_title_typo"]
+EntityQueryKind = Literal["artist", "artist_typo", "artist_songs", "album", "album_typo", "artist_album", "album_word"]
+ENTITY_KINDS: tuple[EntityQueryKind, ...] = ("artist", "artist_typo", "artist_songs", "album", "album_typo",
+                                             "artist_album", "album_word")
 SPEARFISH_KINDS: tuple[SpearfishKind, ...] = ("artist_title", "title", "partial_title", "title_typo",
                                               "artist_title_typo")
 DEFAULT_SEED = 20261201
@@ -91,4 +103,35 @@ def spearfish_set(catalog: Catalog, n_per_kind: int = 300, seed: int = DEFAULT_S
             text = texts[kind]
             if text:
                 out.append(RelevanceQuery(f"sf-{i:04d}-{kind}", text, kind, relevant))
+    return out
+
+
+def entity_set(catalog: Catalog, n_per_kind: int = 300, seed: int = DEFAULT_SEED) -> list[RelevanceQuery]:
+    """n_per_kind artists and n_per_kind albums, one query of each of their kinds (fewer for typo
+    kinds when a name cannot be misspelt). Deterministic for a catalog and seed."""
+    from services.serving.entities import EntityIndex
+
+    index = EntityIndex.from_catalog(catalog)
+    rng = random.Random(seed + 17)
+    artists = sorted(e.entity_id for e in index.entities if e.kind == "artist")
+    editions: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for e in index.entities:
+        if e.kind == "album":
+            editions[(e.artist_norm, e.norm)].append(e.entity_id)
+    albums = sorted(e.entity_id for e in index.entities
+                    if e.kind == "album" and not (e.title_track and e.n_recordings <= 1)
+                    and e.norm not in index.generic_album_names and e.norm != e.artist_norm)
+    out: list[RelevanceQuery] = []
+    for i, eid in enumerate(rng.sample(artists, min(n_per_kind, len(artists)))):
+        e = index.by_id[eid]
+        typo = add_typos(e.norm, rng)
+        texts = {"artist": e.norm, "artist_typo": typo if typo != e.norm else None, "artist_songs": f"{e.norm} songs"}
+        out += [RelevanceQuery(f"ent-a{i:04d}-{k}", t, k, {eid: 1}) for k, t in texts.items() if t]
+    for i, eid in enumerate(rng.sample(albums, min(n_per_kind, len(albums)))):
+        e = index.by_id[eid]
+        typo = add_typos(e.norm, rng)
+        relevant = {x: 1 for x in editions[(e.artist_norm, e.norm)]}
+        texts = {"album": e.norm, "album_typo": typo if typo != e.norm else None,
+                 "artist_album": f"{e.artist_norm} {e.norm}", "album_word": f"{e.norm} album"}
+        out += [RelevanceQuery(f"ent-b{i:04d}-{k}", t, k, relevant) for k, t in texts.items() if t]
     return out

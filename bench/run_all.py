@@ -14,8 +14,8 @@ import time
 from bench.common import ROOT
 
 # Order matters: bench_search builds the shared bench data dir the later ones reuse.
-BENCHES = ["lexical", "dense", "xr", "q2e", "bandit", "ranker", "search", "relevance", "clicks", "suggest", "learning",
-           "feedback", "memory", "stages", "scale", "load"]
+BENCHES = ["lexical", "dense", "xr", "q2e", "bandit", "ranker", "search", "relevance", "entities", "clicks", "suggest",
+           "learning", "feedback", "memory", "stages", "scale", "load"]
 
 
 def main() -> int:

@@ -1,8 +1,9 @@
 """Click-log labels for the ranker: cascade-model relevance plus optional position debiasing.
 
-Input is the worker's joined log as plain dicts (`JoinedRecord.model_dump()`): `served` (track ids,
-position 1 = served[0]), `feature_names`, `features` (one row per served item, None for NaN) and
-`events` (dicts or objects with track_id, type, position).
+Input is the worker's joined log as plain dicts (`JoinedRecord.model_dump()`): `served` (track ids
+in served order), `feature_names`, `features` (one row per served item, None for NaN) and `events`
+(dicts or objects with track_id, type, position and, for an event on an artist or album hit,
+entity_id).
 
 Labels (cascade model: the user scans top-down and stops after the last item they acted on):
 - graded gain from the strongest action on the item: play 3 > like / add_to_favorites 2 > click 1;
@@ -11,7 +12,12 @@ Labels (cascade model: the user scans top-down and stops after the last item the
 - shown above the last interacted position (click, play, like, fav or skip) and not acted on = 0;
 - below the last interacted position = ignored (None): the user probably never looked there;
 - a search with no events at all carries no label information and is ignored entirely;
-- the sampled unserved candidates a search logged (`sampled_features`) are label 0.
+- the sampled unserved candidates a search logged (`sampled_features`) are label 0;
+- an event on an artist or album hit (entity_id set) names the top track it played: that track's
+  row, when the track was also served as a result, gets the event's label like a click on it, but
+  the event says nothing about the results the user scanned (the entity hit sits apart from them),
+  so it does not move the last interacted position. When the track is among the sampled unserved
+  candidates instead, its row gets the label there (a played track is never a label-0 negative).
 
 Position debiasing (inverse propensity weighting, position-based model): P(examined | position k)
 = 1 / k**eta. LightGBM's lambdarank multiplies each row's gradient and hessian by its weight, so a
@@ -34,12 +40,14 @@ from ranker.model import RankData
 DEFAULT_GAINS: dict[str, int] = {"play": 3, "like": 2, "add_to_favorites": 2, "click": 1, "skip": 0}
 
 
-def _event_fields(e: object) -> tuple[str, str, int | None]:
+def _event_fields(e: object) -> tuple[str, str, int | None, bool]:
+    """(track_id, type, position, on an entity hit)."""
     if isinstance(e, Mapping):
-        return str(e["track_id"]), str(e["type"]), e.get("position")
+        return str(e["track_id"]), str(e["type"]), e.get("position"), e.get("entity_id") is not None
     if isinstance(e, tuple | list):
-        return str(e[0]), str(e[1]), (e[2] if len(e) > 2 else None)
-    return str(e.track_id), str(e.type), getattr(e, "position", None)  # type: ignore[attr-defined]
+        return str(e[0]), str(e[1]), (e[2] if len(e) > 2 else None), False
+    return (str(e.track_id), str(e.type), getattr(e, "position", None),  # type: ignore[attr-defined]
+            getattr(e, "entity_id", None) is not None)
 
 
 def cascade_labels(served: Sequence[str], events: Iterable[object],
@@ -50,23 +58,27 @@ def cascade_labels(served: Sequence[str], events: Iterable[object],
     where = {tid: i for i, tid in reversed(list(enumerate(served)))}  # first occurrence wins
     best: dict[int, int] = {}
     skipped: set[int] = set()
+    via_entity: set[int] = set()  # rows labelled by an event on an entity hit
     last = -1
     for e in events:
-        tid, etype, _ = _event_fields(e)
+        tid, etype, _, on_entity = _event_fields(e)
         i = where.get(tid)
         if i is None or etype not in gains:
             continue
-        last = max(last, i)
+        if on_entity:
+            via_entity.add(i)
+        else:
+            last = max(last, i)
         if etype == "skip":
             skipped.add(i)
         else:
             best[i] = max(best.get(i, 0), int(gains[etype]))
-    if last < 0:
+    if last < 0 and not via_entity:
         return [None] * len(served)
     click_gain = int(gains.get("click", 1))
     labels: list[int | None] = []
     for i in range(len(served)):
-        if i > last:
+        if i > last and i not in via_entity:
             labels.append(None)
             continue
         g = best.get(i, 0)
@@ -74,6 +86,18 @@ def cascade_labels(served: Sequence[str], events: Iterable[object],
             g = 0
         labels.append(g)
     return labels
+
+
+def _entity_plays(rec: Mapping[str, object], events: Sequence[object], gains: Mapping[str, int]) -> dict[str, int]:
+    """Labels of the tracks played from an artist or album hit that were not served as results
+    themselves (they may be among the sampled candidates): track id -> gain, skips cancelling a
+    bare click as in cascade_labels."""
+    on_entity = [e for e in events if _event_fields(e)[3]]
+    if not on_entity:
+        return {}
+    served = set(rec.get("served") or [])  # type: ignore[call-overload]
+    tracks = list(dict.fromkeys(t for t, *_ in map(_event_fields, on_entity) if t not in served))
+    return {t: lab for t, lab in zip(tracks, cascade_labels(tracks, on_entity, gains), strict=True) if lab}
 
 
 def propensity(position: int, eta: float = 1.0) -> float:
@@ -127,11 +151,13 @@ def build_training_set(records: Iterable[Mapping[str, object]], feature_names: S
         labels = cascade_labels(served, events, gains)
         keep = [i for i, lab in enumerate(labels) if lab is not None]
         y = np.array([labels[i] for i in keep], dtype=np.int32)
-        if y.size == 0 or y.max() <= 0:
+        played_unserved = _entity_plays(rec, events, gains)
+        if (y.size == 0 or y.max() <= 0) and not played_unserved:
             st.skipped_no_positive += 1
             continue
         try:
-            x = np.array([[math.nan if v is None else v for v in feats[i]] for i in keep], dtype=np.float32)  # type: ignore[index]
+            x = np.array([[math.nan if v is None else v for v in feats[i]] for i in keep],  # type: ignore[index]
+                         dtype=np.float32) if keep else np.zeros((0, d), dtype=np.float32)
         except (TypeError, ValueError):
             st.skipped_malformed += 1
             continue
@@ -149,7 +175,12 @@ def build_training_set(records: Iterable[Mapping[str, object]], feature_names: S
                 xs_neg = np.zeros((0, d), dtype=np.float32)
             if xs_neg.ndim == 2 and xs_neg.shape[1] == d and xs_neg.shape[0]:
                 x = np.vstack([x, xs_neg])
-                y = np.concatenate([y, np.zeros(xs_neg.shape[0], dtype=np.int32)])
+                ids = list(rec.get("sampled") or [])  # type: ignore[call-overload]
+                y_neg = [played_unserved.get(t, 0) for t in ids] if len(ids) == xs_neg.shape[0] else [0] * len(xs_neg)
+                y = np.concatenate([y, np.array(y_neg, dtype=np.int32)])
+        if y.size == 0 or y.max() <= 0:
+            st.skipped_no_positive += 1
+            continue
         n_rows = x.shape[0]
         xs.append(x)
         ys.append(y)

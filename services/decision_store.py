@@ -6,13 +6,16 @@ ingest and the worker.
                  the ranker's training need. Deleted when the search is rewarded, and expires at
                  the end of its reward wait + `grace_s` if no worker rewarded it by then, so Redis
                  holds (search rate x reward wait) of them, not (search rate x feedback window).
-  served:<id>    {"ts", "q", "ids"} (~0.3-0.6 kB) for the whole feedback window: validates
+  served:<id>    {"ts", "q", "ids", "e"} (~0.3-0.6 kB) for the whole feedback window: validates
                  `/feedback` and tells the click memory which query showed which tracks, also for
                  events that arrive after the reward. `ids` is by absolute position: a later page
-                 writes its tracks at theirs ("" where a position was never shown).
-  ranked:<id>    {"q", "ids", "s", "arms", "by", "v"} (~2.4 kB): the first `page_depth` results
-                 of the search's ranking, kept `page_ttl_s` so later pages are cut from the same
-                 candidate union instead of a new search.
+                 writes its tracks at theirs ("" where a position was never shown); an artist or
+                 album hit's position holds its entity id, and `e` maps each shown entity to the
+                 top tracks it carried (what feedback on it may name).
+  ranked:<id>    {"q", "ids", "s", "arms", "by", "v", "e"} (~2.4 kB): the first `page_depth`
+                 results of the search's ranking, entity hits included (`e`: id -> [match, top
+                 tracks]), kept `page_ttl_s` so later pages are cut from the same candidate union
+                 instead of a new search.
   pending        zset id -> reward deadline. Leaving it (ZREM returning 1) is the once-only mark
                  of a reward, in the same Lua step as the reward's XADD.
 """
@@ -21,11 +24,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
-from logged.records import DecisionRecord
+from logged.records import DecisionRecord, is_entity_id
 from services.config import Settings
 from services.keys import Keys
 
@@ -38,8 +41,9 @@ redis.call('HINCRBY', KEYS[5], 'rewarded_searches', 1)
 return 1
 """
 
-# KEYS: served; ARGV: 0-based offset, ids... Writes a later page's ids at their absolute
-# positions, in one step so two pages fetched at once cannot overwrite each other.
+# KEYS: served; ARGV: 0-based offset, JSON of the page's entities' top tracks, ids... Writes a
+# later page's ids at their absolute positions, in one step so two pages fetched at once cannot
+# overwrite each other.
 _LUA_SHOW = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
@@ -48,8 +52,15 @@ local ids = d['ids']
 if type(ids) ~= 'table' then ids = {} end
 local off = tonumber(ARGV[1])
 for i = #ids + 1, off do ids[i] = '' end
-for j = 2, #ARGV do ids[off + j - 1] = ARGV[j] end
+for j = 3, #ARGV do ids[off + j - 2] = ARGV[j] end
 d['ids'] = ids
+local shown = cjson.decode(ARGV[2])
+if next(shown) ~= nil then
+  local e = d['e']
+  if type(e) ~= 'table' then e = {} end
+  for k, v in pairs(shown) do e[k] = v end
+  d['e'] = e
+end
 redis.call('SET', KEYS[1], cjson.encode(d), 'KEEPTTL')
 return 1
 """
@@ -63,10 +74,12 @@ class Served:
     ts: float
     query_norm: str
     ids: list[str]
+    entity_tracks: dict[str, list[str]] = field(default_factory=dict)  # entity id -> its top tracks as shown
 
     @property
     def shown(self) -> list[str]:
-        return [t for t in self.ids if t]
+        """The tracks shown as results (not the artist and album hits)."""
+        return [t for t in self.ids if t and not is_entity_id(t)]
 
 
 @dataclass(frozen=True)
@@ -78,26 +91,34 @@ class Ranked:
     scores: list[float]
     found_by: list[list[str]]  # per id: the retrievers that found it
     versions: dict[str, list[str]]  # id -> other versions of its recording
+    # entity id -> (why it is a hit: name / typo / tracks, its top tracks as served)
+    entities: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
 
 def ranked_value(r: Ranked) -> str:
     # Retriever sets as bit masks over a short name list, not a list of names per id.
     arms = sorted({a for by in r.found_by for a in by})
     bit = {a: 1 << i for i, a in enumerate(arms)}
-    return json.dumps({"q": r.query, "ids": r.ids, "s": [round(x, 4) for x in r.scores], "arms": arms,
-                       "by": [sum(bit[a] for a in by) for by in r.found_by], "v": r.versions},
-                      separators=(",", ":"))
+    body = {"q": r.query, "ids": r.ids, "s": [round(x, 4) for x in r.scores], "arms": arms,
+            "by": [sum(bit[a] for a in by) for by in r.found_by], "v": r.versions}
+    if r.entities:
+        body["e"] = {k: [m, t] for k, (m, t) in r.entities.items()}
+    return json.dumps(body, separators=(",", ":"))
 
 
 def parse_ranked(raw: bytes | str) -> Ranked:
     d = json.loads(raw)
     arms = d["arms"]
     return Ranked(query=d["q"], ids=d["ids"], scores=d["s"],
-                  found_by=[[a for i, a in enumerate(arms) if m >> i & 1] for m in d["by"]], versions=d["v"])
+                  found_by=[[a for i, a in enumerate(arms) if m >> i & 1] for m in d["by"]], versions=d["v"],
+                  entities={k: (str(m), [str(t) for t in ts]) for k, (m, ts) in d.get("e", {}).items()})
 
 
-def served_value(ts: float, query_norm: str, ids: list[str]) -> str:
-    return json.dumps({"ts": round(ts, 3), "q": query_norm, "ids": ids}, separators=(",", ":"))
+def served_value(ts: float, query_norm: str, ids: list[str], entity_tracks: dict[str, list[str]] | None = None) -> str:
+    body: dict[str, object] = {"ts": round(ts, 3), "q": query_norm, "ids": ids}
+    if entity_tracks:
+        body["e"] = entity_tracks
+    return json.dumps(body, separators=(",", ":"))
 
 
 def parse_served(raw: bytes | str) -> Served:
@@ -106,7 +127,10 @@ def parse_served(raw: bytes | str) -> Served:
         ts, _, ids = text.partition(" ")
         return Served(float(ts), "", ids.split())
     d = json.loads(text)
-    return Served(float(d["ts"]), str(d["q"]), [str(i) for i in d["ids"]])
+    # cjson writes an empty Lua table as {}: a served list nothing was recorded in.
+    ids = d["ids"] if isinstance(d["ids"], list) else []
+    return Served(float(d["ts"]), str(d["q"]), [str(i) for i in ids],
+                  {str(k): [str(t) for t in v] for k, v in (d.get("e") or {}).items()})
 
 
 class DecisionStore:
@@ -142,7 +166,8 @@ class DecisionStore:
         /feedback validates against (feedback may arrive at once) and the ranked head that later
         pages read. The pipeline executes this before answering."""
         sid = record.search_id
-        pipe.set(self.keys.served(sid), served_value(record.ts, record.query_norm, record.served),
+        pipe.set(self.keys.served(sid), served_value(record.ts, record.query_norm, record.page(),
+                                                     {e.entity_id: e.tracks for e in record.entities}),
                  ex=self.feedback_window_s)
         if ranked is not None and self.page_ttl_s > 0:
             pipe.set(self.keys.ranked(sid), ranked_value(ranked), ex=self.page_ttl_s)
@@ -161,12 +186,15 @@ class DecisionStore:
         raw = self.redis.get(self.keys.ranked(search_id))
         return parse_ranked(raw) if raw is not None else None
 
-    def show(self, search_id: str, offset: int, ids: list[str]) -> bool:
-        """Records that a later page showed `ids` from position `offset` (0-based): feedback on
-        them is then accepted at their absolute positions. False when the search has expired."""
+    def show(self, search_id: str, offset: int, ids: list[str],
+             entity_tracks: dict[str, list[str]] | None = None) -> bool:
+        """Records that a later page showed `ids` from position `offset` (0-based), and the top
+        tracks of the entity hits among them: feedback on them is then accepted at their
+        absolute positions. False when the search has expired."""
         if not ids:
             return True
-        return bool(self._show(keys=[self.keys.served(search_id)], args=[offset, *ids]))
+        shown = json.dumps(entity_tracks or {}, separators=(",", ":"))
+        return bool(self._show(keys=[self.keys.served(search_id)], args=[offset, shown, *ids]))
 
     # --- read by ingest and worker ----------------------------------------------------------
     def served(self, search_ids: Iterable[str]) -> dict[str, Served]:

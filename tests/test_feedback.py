@@ -57,24 +57,31 @@ def drain(worker: FeedbackWorker, rt: Runtime, timeout: float = 120) -> None:
     raise AssertionError("worker did not drain the stream")
 
 
-def searches(client: TestClient, n: int, limit: int = 20) -> list[tuple[str, str, list[str]]]:
+def hit_ref(hit: dict) -> dict:
+    """What a feedback event names of a hit: its track, or its artist / album, and its position."""
+    key = "track_id" if hit["type"] == "track" else "entity_id"
+    return {key: hit[key], "position": hit["position"]}
+
+
+def searches(client: TestClient, n: int, limit: int = 20) -> list[tuple[str, str, list[dict]]]:
+    """(search_id, query, hit_ref of each hit) of n searches; "taylor swift" and "queen" get their
+    artist first, so the events below include events on artists."""
     out = []
     for i in range(n):
         q = QUERIES[i % len(QUERIES)]
         r = client.get("/search", params={"q": q, "limit": limit})
         assert r.status_code == 200, r.text
         body = r.json()
-        out.append((body["search_id"], q, [h["track_id"] for h in body["results"]]))
+        out.append((body["search_id"], q, [hit_ref(h) for h in body["results"]]))
     return out
 
 
-def events_for(searched: list[tuple[str, str, list[str]]], n: int, seed: int = 0) -> list[dict]:
+def events_for(searched: list[tuple[str, str, list[dict]]], n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     evs = []
     for i in range(n):
         sid, _, served = searched[i % len(searched)]
-        pos = rng.randrange(len(served))
-        evs.append({"event_id": uuid.uuid4().hex, "search_id": sid, "track_id": served[pos], "position": pos + 1,
+        evs.append({"event_id": uuid.uuid4().hex, "search_id": sid, **rng.choice(served),
                     "type": rng.choice(TYPES), "user_id": f"u{i % 7}"})
     return evs
 
@@ -90,6 +97,7 @@ def test_10k_events_over_http_are_each_applied_exactly_once(service) -> None:
     rt, client = service
     searched = searches(client, 60)
     events = events_for(searched, 10_000)
+    assert sum("entity_id" in e for e in events) > 40  # events on artist hits count once too
     post(client, events)
     post(client, events[:2000])  # a client retrying: same event ids again
     worker = make_worker(rt)
@@ -199,7 +207,8 @@ def test_redis_down_feedback_503_search_still_answers_and_both_recover(built_set
 def test_malformed_oversized_and_hostile_feedback_gets_4xx_and_writes_nothing(service) -> None:
     rt, client = service
     (sid, _, served), = searches(client, 1)
-    good = {"search_id": sid, "track_id": served[0], "position": 1, "type": "click"}
+    assert "track_id" in served[0] and served[0]["position"] == 1
+    good = {"search_id": sid, **served[0], "type": "click"}
     cases = [
         ("not json", 422), ("[1, 2]", 422), ('{"events": []}', 422), ('{"events": "x"}', 422),
         ({"events": [good] * 1001}, 422),

@@ -238,7 +238,7 @@ def test_a_chosen_arm_that_finds_too_few_for_the_page_is_filled_by_lexical(keyed
     saved = holder.current()
     holder.set(FixedPolicy(("q2e",)), "fixed-q2e")
     try:
-        out = rt.pipeline.search("ed sheeran shape of you", 20, analytics=False)
+        out = rt.pipeline.search("ed sheeran shape of you", 20, analytics=False, types=("track",))
     finally:
         holder.set(saved, getattr(saved, "version", None))
     rec = out.record

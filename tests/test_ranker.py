@@ -313,6 +313,27 @@ def test_training_set_from_joined_records_with_ipw() -> None:
     assert model.meta["weighted"] is True
 
 
+def test_an_event_on_an_entity_labels_its_track_without_moving_the_cascade() -> None:
+    served = ["a", "b", "c", "d", "e"]
+    on_artist = {"track_id": "c", "type": "play", "position": 1, "entity_id": "artist:x"}
+    # played from the artist hit above the list: c is a positive, nothing else was seen to be read
+    assert labels.cascade_labels(served, [on_artist]) == [None, None, 3, None, None]
+    # with a click on d in the list, a..c were read: c keeps its label, a, b are 0
+    assert labels.cascade_labels(served, [on_artist, ("d", "click", 5)]) == [0, 0, 3, 1, None]
+    skip = {**on_artist, "type": "skip"}
+    assert labels.cascade_labels(served, [skip]) == [None, None, 0, None, None]
+
+    names = R.names
+    rec = _record("s1", ["a", "b"], [], names)
+    rec["sampled"], rec["sampled_features"] = ["c", "d"], [[9.0, None] + [0.0] * (len(names) - 2)] * 2
+    rec["events"] = [{**on_artist, "event_id": "e1", "search_id": "s1", "timestamp": 0.0}]
+    data, st = labels.build_training_set([rec], names, eta=1.0)
+    # the played track was among the sampled candidates: its row is a positive there, never a 0
+    assert st.groups == 1 and data.y.tolist() == [3, 0] and data.weights.tolist() == [1.0, 1.0]
+    rec["events"][0]["track_id"] = "zz"  # ranked nowhere this search logged: nothing to learn
+    assert labels.build_training_set([rec], names)[1].skipped_no_positive == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Artifacts
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from services.keys import Keys
 from services.redis_server import RedisServer
 from tests.conftest import ROOT
 from tests.served import cli_env, serving_data_dir, start_serve, stop_serve
+from tests.test_feedback import hit_ref
 
 KEYS = Keys()
 
@@ -91,15 +92,15 @@ def process_state(pid: int) -> str | None:
         return None
 
 
-def search(conn: http.client.HTTPConnection, q: str, limit: int = 10) -> tuple[str, list[str]]:
+def search(conn: http.client.HTTPConnection, q: str, limit: int = 10) -> tuple[str, list[dict[str, object]]]:
+    """(search_id, what an event names of each hit: its track or its artist / album, and its position)."""
     status, _, body = request(conn, "GET", "/search?" + urllib.parse.urlencode({"q": q, "limit": limit}))
     assert status == 200, body
-    return body["search_id"], [h["track_id"] for h in body["results"]]
+    return body["search_id"], [hit_ref(h) for h in body["results"]]
 
 
-def event(sid: str, served: list[str], pos: int = 0, event_id: str | None = None) -> dict[str, object]:
-    return {"event_id": event_id or uuid.uuid4().hex, "search_id": sid, "track_id": served[pos],
-            "position": pos + 1, "type": "click"}
+def event(sid: str, served: list[dict[str, object]], pos: int = 0, event_id: str | None = None) -> dict[str, object]:
+    return {"event_id": event_id or uuid.uuid4().hex, "search_id": sid, **served[pos], "type": "click"}
 
 
 def stream_ids(client: redis.Redis) -> list[str]:

@@ -285,13 +285,15 @@ def _record_if_pipeline_does_not(ui: dict, search: dict, reward: float | None, l
 
 
 def _traffic(ui: dict, queries: list[str]) -> None:
-    """Real searches through the API; every other one gets a real play on its first result."""
+    """Real searches through the API; every other one gets a real play on its first result (an
+    artist's query: on the artist)."""
     for i, q in enumerate(queries):
         search = _post(ui, "/search", {"q": q, "limit": 10, "debug": True})
         if i % 2 == 0 and search["results"]:
             t0 = time.time()
-            _post(ui, "/feedback", {"search_id": search["search_id"], "track_id": search["results"][0]["track_id"],
-                                    "position": 1, "type": "play"})
+            first = search["results"][0]
+            key = "track_id" if first["type"] == "track" else "entity_id"
+            _post(ui, "/feedback", {"search_id": search["search_id"], key: first[key], "position": 1, "type": "play"})
             _record_if_pipeline_does_not(ui, search, 1.0, time.time() - t0)
         else:
             _record_if_pipeline_does_not(ui, search, 0.0 if i % 3 else None, None)
@@ -447,6 +449,64 @@ def test_learning_view_shows_model_decisions_and_the_newest_replay_report(ui):
     b.js("const w = document.getElementById('window'); w.value = '15'; w.dispatchEvent(new Event('change'))")
     b.wait("document.getElementById('kpis').innerText.includes('15 minutes')", what="the 15-minute window")
     _shot(ui, "learning")
+    assert b.exceptions == [] and b.console_errors == []
+
+
+def test_artist_and_album_hits_show_their_top_tracks_and_take_feedback(ui):
+    """An artist query shows the artist first, with its top tracks; Play on the artist and on one of
+    its top tracks send real events naming the entity at its position; an album query likewise."""
+    b, client = ui["browser"], _client(ui)
+    b.goto(ui["server"].url + "/#search")
+    if b.js("sessionStorage.getItem('ltrr.api_key')") != API_KEY:
+        b.type("#api-key", API_KEY, per_char=False)
+        b.click("#key-form button")
+    b.clear("#q")
+    b.type("#q", "tayler swift", per_char=False)
+    b.press_enter()
+    b.wait("document.querySelector('#results li.hit') && window.ltrr.state.search && "
+           "window.ltrr.state.search.query === 'tayler swift'", what="results")
+    search = b.js("window.ltrr.state.search")
+    artist = search["results"][0]
+    assert artist["type"] == "artist" and artist["entity_id"] == "artist:taylor-swift"
+    row = b.js("(() => { const li = document.querySelector('#results li.hit:nth-child(1)');"
+               " return {entity: li.dataset.entity, text: li.innerText,"
+               " tracks: [...li.querySelectorAll('.top-tracks li')].map(t => t.dataset.track)}; })()")
+    assert row["entity"] == "artist:taylor-swift" and "Taylor Swift" in row["text"] and "ARTIST" in row["text"].upper()
+    assert row["tracks"] == [t["track_id"] for t in artist["top_tracks"]]
+    assert artist["top_tracks"][0]["title"] in row["text"]
+    assert b.js("document.querySelector('#results li.hit:nth-child(2)').dataset.position") == "2"
+    _shot(ui, "search-artist", full_page=False)
+
+    before = len(_feedback_events(client))
+    b.click("#results li.hit:nth-child(1) .actions button.fb-play")
+    b.wait("document.querySelector('#results li.hit:nth-child(1) .actions button.fb-play').dataset.state === 'sent'",
+           what="play on the artist delivered")
+    b.click("#results li.hit:nth-child(1) .top-tracks li:nth-child(2) button.fb-play")
+    b.wait("document.querySelector('#results li.hit:nth-child(1) .top-tracks li:nth-child(2) button.fb-play')"
+           ".dataset.state === 'sent'", what="play of a top track delivered")
+    b.click("#results li.hit:nth-child(1) .actions button.fb-skip")
+    b.wait("document.querySelector('#results li.hit:nth-child(1) .actions button.fb-skip').dataset.state === 'sent'",
+           what="skip on the artist delivered")
+    events = _feedback_events(client)[before:]
+    assert [(e["type"], e["entity_id"], e["track_id"], int(e["position"])) for e in events] == [
+        ("play", "artist:taylor-swift", artist["top_tracks"][0]["track_id"], 1),
+        ("play", "artist:taylor-swift", artist["top_tracks"][1]["track_id"], 1),
+        ("skip", "artist:taylor-swift", artist["top_tracks"][0]["track_id"], 1)]
+    assert all(e["search_id"] == search["search_id"] for e in events)
+
+    b.clear("#q")
+    b.type("#q", "1989 album", per_char=False)
+    b.press_enter()
+    b.wait("window.ltrr.state.search && window.ltrr.state.search.query === '1989 album'", what="album results")
+    album = b.js("window.ltrr.state.search")["results"][0]
+    assert album["type"] == "album" and album["name"] == "1989"
+    text = b.js("document.querySelector('#results li.hit:nth-child(1)').innerText")
+    assert "1989" in text and "Taylor Swift" in text and "ALBUM" in text.upper()
+    b.click("#results li.hit:nth-child(1) .actions button.fb-like")
+    b.wait("document.querySelector('#results li.hit:nth-child(1) .actions button.fb-like').dataset.state === 'sent'",
+           what="like on the album delivered")
+    ev = _feedback_events(client)[-1]
+    assert ev["entity_id"] == album["entity_id"] and ev["type"] == "like" and int(ev["position"]) == 1
     assert b.exceptions == [] and b.console_errors == []
 
 

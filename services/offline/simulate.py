@@ -392,7 +392,9 @@ class InProcessDriver:
         from services.serving.feedback import FeedbackEventIn
 
         t0 = time.perf_counter()
-        out = self.rt.pipeline.search(q.text, sim.cfg.limit, user_id=q.user_id, session_id=f"{q.user_id}-s")
+        # Tracks only, as ApiDriver asks: the simulated users react to a list of tracks.
+        out = self.rt.pipeline.search(q.text, sim.cfg.limit, user_id=q.user_id, session_id=f"{q.user_id}-s",
+                                      types=("track",))
         ms = (time.perf_counter() - t0) * 1000
         rec = out.record
         events = sim.react(q, rec.served)
@@ -470,8 +472,9 @@ class HttpDriver:
     def step(self, sim: TrafficSimulator, q: SimQuery) -> StepResult:
         t0 = time.perf_counter()
         ts = time.time()
+        # types=track: the simulated users react to a list of tracks (their relevance is tracks).
         r = self.http.get("/search", params={"q": q.text, "limit": sim.cfg.limit, "user_id": q.user_id,
-                                             "session_id": f"{q.user_id}-s", "debug": "true"})
+                                             "session_id": f"{q.user_id}-s", "debug": "true", "types": "track"})
         ms = (time.perf_counter() - t0) * 1000
         if r.status_code != 200:
             return StepResult(q, None, None, None, [], [], 0.0, ms, error=f"/search {r.status_code}: {r.text[:200]}")

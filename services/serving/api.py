@@ -373,7 +373,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                                       locale=req.context.locale, device=req.context.device,
                                       ts=req.context.timestamp, analytics=req.analytics,
                                       collapse_versions=req.collapse, shed=shed, filters=req.filters,
-                                      facets=req.facets)
+                                      facets=req.facets, types=req.types)
         if log.isEnabledFor(logging.DEBUG):  # one line per search is a debugging aid, not an access log
             log.debug("search", extra={"search_id": out.record.search_id, "q_len": len(req.q),
                                        "action": out.decision.action.key, "ms": round(out.timings_ms["total"], 2)})
@@ -406,6 +406,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         collapse: Annotated[bool, Query(description="one hit per recording")] = True,
         facets: Annotated[str | None, Query(max_length=64, pattern=r"^(genre|decade)(,(genre|decade))?$",
                                             description="comma list: `genre`, `decade`")] = None,
+        types: Annotated[str | None, Query(max_length=64, description="comma list of hit kinds: `track`, `artist`, "
+                                                                       "`album` (default all three)")] = None,
     ) -> Response:
         unknown = sorted(set(request.query_params) - GET_SEARCH_PARAMS)
         if unknown:
@@ -425,6 +427,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                 "analytics": analytics, "collapse": collapse,
                 "filters": filter_params.model_dump(exclude_none=True) or None,
                 "facets": [f.strip() for f in facets.split(",") if f.strip()] if facets else [],
+                **({"types": [t.strip() for t in types.split(",")]} if types is not None else {}),
                 "context": {k: v for k, v in (("locale", locale), ("device", device)) if v is not None}})
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
@@ -521,7 +524,7 @@ class FilterQuery(SearchFilters):
 
 
 GET_SEARCH_PARAMS = frozenset({"q", "limit", "user_id", "session_id", "locale", "device", "debug", "analytics",
-                               "collapse", "facets", *SearchFilters.model_fields})
+                               "collapse", "facets", "types", *SearchFilters.model_fields})
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:

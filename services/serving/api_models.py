@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from services.catalog import Track
+from services.catalog import Catalog, Track
+from services.serving.entities import HIT_TYPES, HitType, PlacedEntity
 from services.serving.filters import Facet, SearchFilters
 from services.serving.json_types import JsonInt
 
@@ -62,6 +63,23 @@ class SearchRequest(BaseModel):
                                                                    "filled from every matching track")
     facets: list[Facet] = Field(default_factory=list, max_length=2,
                                 description="value counts over the ranked candidates: `genre`, `decade`")
+    types: list[HitType] = Field(default_factory=lambda: list(HIT_TYPES), min_length=1, max_length=3,
+                                 description="kinds of hit: `track`, `artist`, `album` (default all three: a query "
+                                             "naming an artist or album gets it first; `[\"track\"]` serves tracks "
+                                             "only)")
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _types(cls, v: Any) -> Any:
+        # Checked here so that an unknown type is one clear message on `types`, not a Literal
+        # error per list index.
+        if isinstance(v, list):
+            unknown = [t for t in v if t not in HIT_TYPES]
+            if unknown:
+                raise ValueError(f"unknown type {unknown[0]!r}; use {', '.join(HIT_TYPES)}")
+            if len(set(v)) != len(v):
+                raise ValueError("a type is listed twice")
+        return v
 
     @field_validator("q")
     @classmethod
@@ -83,6 +101,7 @@ class SearchRequest(BaseModel):
 
 
 class SearchHit(BaseModel):
+    type: Literal["track"] = "track"
     track_id: str
     position: int = Field(description="1-based rank within the whole search (pages included): "
                                       "name it in this hit's /feedback events")
@@ -106,6 +125,50 @@ class SearchHit(BaseModel):
                    features=features)
 
 
+class TopTrack(BaseModel):
+    track_id: str = Field(description="name it as `track_id`, with the entity's `entity_id` and position, in "
+                                      "/feedback when this track is played from the entity")
+    title: str
+    artist: str
+    album: str
+    year: int | None = None
+
+
+class EntityHit(BaseModel):
+    """An artist or album among the results, with the top tracks a client plays for it."""
+
+    type: Literal["artist", "album"]
+    entity_id: str = Field(description="`artist:<slug>` or `album:<album id>`; name it in this hit's /feedback "
+                                       "events (with its `position`)")
+    position: int = Field(description="1-based rank within the whole search, like a track's")
+    name: str
+    artist: str = Field(description="the artist itself, or the album's artist")
+    year: int | None = Field(default=None, description="albums: release year")
+    genres: list[str]
+    score: float = Field(description="1 when the query names it, less for a typo (0.1 per edit); the best "
+                                     "track's ranker score when it is here for its tracks")
+    match: Literal["name", "typo", "tracks"] = Field(
+        description="why it is a hit: the query names it, names it with a typo, or (`types` without `track`) "
+                    "its tracks rank")
+    recordings: int = Field(description="songs of this artist / album in the catalog")
+    top_tracks: list[TopTrack] = Field(description="most popular first, one per recording; a Play on the entity "
+                                                   "plays the first")
+
+    @classmethod
+    def of_entity(cls, placed: PlacedEntity, catalog: Catalog) -> EntityHit:
+        """The hit for a planned entity: first pages (api.py) and later pages (routes_pages.py)."""
+        e = placed.entity
+        tracks = [t for t in (catalog.by_id.get(tid) for tid in placed.tracks) if t is not None]
+        return cls(type=e.kind, entity_id=e.entity_id, position=placed.position, name=e.name, artist=e.artist,
+                   year=e.year, genres=list(e.genres), score=placed.score, match=placed.match,
+                   recordings=e.n_recordings,
+                   top_tracks=[TopTrack(track_id=t.track_id, title=t.title, artist=t.artist, album=t.album,
+                                        year=t.year) for t in tracks])
+
+
+Hit = Annotated[SearchHit | EntityHit, Field(discriminator="type")]
+
+
 class DebugInfo(BaseModel):
     policy: str
     action: list[str]
@@ -125,7 +188,8 @@ class DebugInfo(BaseModel):
 class SearchResponse(BaseModel):
     search_id: str = Field(description="name this id in every /feedback event for these results")
     query: str
-    results: list[SearchHit]
+    results: list[Hit] = Field(description="tracks (`type` track) and artists / albums (`type` artist, album), "
+                                           "in rank order")
     offset: int = Field(default=0, description="position of the first result minus one")
     total: int = Field(default=0, description="results this search can page through "
                                               "(GET /search/{search_id}?offset=); 0 when it logs nothing")

@@ -15,9 +15,10 @@ from typing import Annotated, Any
 
 import redis
 from annotated_types import Interval
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
-from logged.records import EventType, FeedbackEvent
+from logged.records import ENTITY_ID_PATTERN, EventType, FeedbackEvent
 from services.decision_store import DecisionStore, Served
 from services.keys import Keys
 from services.serving.json_types import JSON_INTEGER, JsonInt
@@ -28,11 +29,19 @@ MAX_FEEDBACK_BATCH = 1000  # events per request: the schema, the parser and the 
 
 class FeedbackEventIn(BaseModel):
     """What clients send. `event_id` is the client's idempotency key (a UUID is generated if
-    absent); `timestamp` is unix seconds or ISO-8601 and defaults to receipt time."""
+    absent); `timestamp` is unix seconds or ISO-8601 and defaults to receipt time. An event on an
+    artist or album hit names its `entity_id` (at the entity's position) and, optionally, which of
+    its top tracks was played (`track_id`; default the first, what the entity's Play plays)."""
 
     event_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")
     search_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
-    track_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    # Before track_id: its validator reads entity_id.
+    entity_id: str | None = Field(default=None, max_length=96, pattern=ENTITY_ID_PATTERN,
+                                  description="an artist or album hit's id, for an event on that hit")
+    track_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$",
+                                 validate_default=True,
+                                 description="the track acted on; with `entity_id`, one of the entity's top tracks "
+                                             "(default its first)")
     type: EventType
     position: JsonInt = Field(ge=1, le=1000)
     timestamp: float | None = None
@@ -42,6 +51,14 @@ class FeedbackEventIn(BaseModel):
 
     # strict: a JSON `true` is not position 1 and "3" is not 3; only timestamp converts (ISO-8601).
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("track_id")
+    @classmethod
+    def _track_or_entity(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("entity_id") is None:
+            raise PydanticCustomError("missing", "Field required (or an entity_id for an event on an artist or "
+                                                 "album hit)")
+        return v
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -99,7 +116,8 @@ class FeedbackIngest:
                 errors.append(EventError(i, *err))
                 continue
             ready.append(FeedbackEvent(
-                event_id=e.event_id or uuid.uuid4().hex, search_id=e.search_id, track_id=e.track_id,
+                event_id=e.event_id or uuid.uuid4().hex, search_id=e.search_id,
+                track_id=e.track_id or served[e.search_id].entity_tracks[e.entity_id or ""][0], entity_id=e.entity_id,
                 type=e.type, position=e.position, timestamp=e.timestamp if e.timestamp is not None else now,
                 user_id=e.user_id, session_id=e.session_id, dwell_ms=e.dwell_ms))
         return ready, errors
@@ -132,13 +150,33 @@ class FeedbackIngest:
             return "search_id", f"unknown or expired search_id '{e.search_id}' (feedback is accepted for " \
                                 f"{self.decisions.feedback_window_s} s after a search)"
         search_ts, ids = served[e.search_id].ts, served[e.search_id].ids
-        if e.track_id not in ids:
+        if e.entity_id is not None:
+            err = self._check_entity(e, served[e.search_id])
+            if err:
+                return err
+        elif e.track_id not in ids:
             return "track_id", f"track_id '{e.track_id}' was not returned by search '{e.search_id}'"
-        if ids.index(e.track_id) + 1 != e.position:
+        elif ids.index(e.track_id) + 1 != e.position:
             return "position", f"track_id '{e.track_id}' was served at position {ids.index(e.track_id) + 1}, " \
                                f"not {e.position}"
         if e.timestamp is not None and not (search_ts - MAX_CLOCK_SKEW_S <= e.timestamp <= now + MAX_CLOCK_SKEW_S):
             return "timestamp", "timestamp must lie between the search time and now (±5 min clock skew)"
+        return None
+
+    @staticmethod
+    def _check_entity(e: FeedbackEventIn, shown: Served) -> tuple[str, str] | None:
+        """An event on an artist or album hit: the entity was served at `position`, and the track
+        it names is one of the top tracks the hit carried."""
+        eid = e.entity_id or ""
+        if eid not in shown.ids or eid not in shown.entity_tracks:
+            return "entity_id", f"entity_id '{eid}' was not returned by search '{e.search_id}'"
+        if shown.ids.index(eid) + 1 != e.position:
+            return "position", f"entity_id '{eid}' was served at position {shown.ids.index(eid) + 1}, not {e.position}"
+        tracks = shown.entity_tracks[eid]
+        if not tracks:
+            return "entity_id", f"entity_id '{eid}' was served without tracks"
+        if e.track_id is not None and e.track_id not in tracks:
+            return "track_id", f"track_id '{e.track_id}' is not one of the top tracks served with '{eid}'"
         return None
 
 

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ from services.keys import Keys
 from services.models import ModelHolder
 from services.serving.arm_budgets import ArmBudgets
 from services.serving.decision_writer import DecisionWriter, SearchActivity
+from services.serving.entities import HIT_TYPES, EntityIndex, EntityPlan, EntityPlanner, PlacedEntity
 from services.serving.filters import CatalogColumns, Facet, SearchFilters
 from services.serving.recordings import base_title, collapse, primary_artist, recording_key
 from services.serving.retrieval_cache import Key, RetrievalCache
@@ -86,6 +87,8 @@ class SearchOutcome:
     deadlines_ms: dict[str, float] = field(default_factory=dict)  # how long each run retriever was given
     facets: dict[str, dict[str, int]] | None = None  # value counts over the ranked candidates
     total: int = 0  # results later pages can reach (0: nothing kept, the search logged nothing)
+    entities: list[PlacedEntity] = field(default_factory=list)  # artist / album hits of the page
+    positions: list[int] = field(default_factory=list)  # absolute position of each served track
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Components:
     q2e_store: Q2EStore | None = None  # stats() for context, learned() for the memory, scores() for features
     dense: QueryCosines | None = None  # retrievers.dense.DenseRetriever: query vector + cosine for candidates
     intent: QueryIntent | None = None  # retrievers.structured.StructuredRetriever: what the query names
+    entities: EntityIndex | None = None  # artists and albums as results (services.serving.entities)
 
 
 class SearchPipeline:
@@ -132,19 +136,22 @@ class SearchPipeline:
         self.columns = CatalogColumns(parts.catalog.tracks)
         self.retrieval_cache = RetrievalCache(settings.retrieval_cache_entries)
         self.writer = DecisionWriter(client, self.decisions, decision_log, activity)
+        self.entities = EntityPlanner(parts.entities) if parts.entities is not None else None
 
     # ---------------------------------------------------------------------------------------
     def search(self, query: str, limit: int = 10, *, user_id: str | None = None, session_id: str | None = None,
                locale: str | None = None, device: str | None = None, ts: float | None = None,
                analytics: bool = True, collapse_versions: bool = True, shed: bool = False,
-               filters: SearchFilters | None = None, facets: Sequence[Facet] = ()) -> SearchOutcome:
+               filters: SearchFilters | None = None, facets: Sequence[Facet] = (),
+               types: Collection[str] = HIT_TYPES) -> SearchOutcome:
         """One search. `analytics=False` (monitoring probes, evaluations) serves the same results
         but logs nothing: the search cannot receive feedback and teaches no model.
         `collapse_versions` serves one hit per recording (the best-ranked version; the others are
         listed in `SearchOutcome.versions`). `shed` (services.serving.admission: the queue is
         long) runs only the cheapest good retriever instead of the bandit's choice. `filters`
         narrow every candidate list to the tracks they allow (services.serving.filters); `facets`
-        are counted over the ranked candidates."""
+        are counted over the ranked candidates. `types` are the kinds of hit served (track, artist,
+        album): artists and albums join the tracks as services.serving.entities plans."""
         t0 = time.perf_counter()
         mask = self.columns.mask(filters) if filters is not None and not filters.empty else None
         timings: dict[str, float] = {}
@@ -245,14 +252,16 @@ class SearchPipeline:
             pos = {tid: i for i, tid in enumerate(ids)}
             versions = {rep: others for rep, others in groups[:keep] if others}
             order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
-        if self.settings.memory_trial_slots and remembered:
-            order, trials = _trial(order, ids, remembered, set(memory), limit, self.settings.memory_trial_slots)
-            if trials:
-                metrics.MEMORY_TRIALS.inc(trials)
         facet_counts = self.columns.facets(ids, facets) if facets else None
         timings["rank"] = _ms(t)
         t = time.perf_counter()
-        top = order[:limit]
+        plan = self._entity_plan(qnorm, types, ids, scores, order[:keep], keep, mask)
+        n_tracks = plan.tracks_within(limit)  # the page's track slots, beside its entity hits
+        if self.settings.memory_trial_slots and remembered:
+            order, trials = _trial(order, ids, remembered, set(memory), n_tracks, self.settings.memory_trial_slots)
+            if trials:
+                metrics.MEMORY_TRIALS.inc(trials)
+        top = order[:n_tracks]
         served = [ids[i] for i in top]
         pinned = [tid for tid in served[: len(memory)] if tid in memory]
         if pinned:
@@ -260,7 +269,7 @@ class SearchPipeline:
         found_by = {tid: sorted(arms_of[tid]) for tid in served}
         # Features of a uniform sample of the unserved candidates too: the ranker's retraining
         # needs negatives that serving ranked low, not only the ten it showed.
-        rest = order[limit:]
+        rest = order[len(top):]
         sampled = sorted(self._rng.sample(rest, min(self.settings.log_unserved, len(rest)))) if analytics else []
 
         feature_rows = feats[top] if feats is not None else None
@@ -278,6 +287,7 @@ class SearchPipeline:
             features=_rows(feature_rows) if feature_rows is not None else [], memory=pinned,
             sampled=[ids[i] for i in sampled], sampled_features=_rows(feats[sampled]) if sampled else [],
             filters=filters.model_dump(exclude_none=True) if mask is not None and filters is not None else None,
+            entities=[p.served() for p in plan.within(limit)], types=[k for k in HIT_TYPES if k in types],
         )
         timings["record"] = _ms(t)
         t = time.perf_counter()
@@ -287,6 +297,7 @@ class SearchPipeline:
             ranked = Ranked(query=query, ids=[ids[i] for i in depth], scores=[float(scores[i]) for i in depth],
                             found_by=[sorted(arms_of[ids[i]]) for i in depth],
                             versions={ids[i]: versions[ids[i]] for i in depth if ids[i] in versions})
+            ranked = plan.ranked(ranked, keep)
             self._log_decision(record, now, ranked)
             total = len(ranked.ids) if self.decisions is not None else 0
         else:
@@ -300,7 +311,17 @@ class SearchPipeline:
             metrics.STAGE_SECONDS.labels(stage=stage).observe(ms / 1000.0)
         return SearchOutcome(record=record, scores=[float(scores[i]) for i in top], found_by=found_by,
                              timings_ms=timings, decision=decision, features=feature_rows, context=context,
-                             versions=versions, deadlines_ms=deadlines, facets=facet_counts, total=total)
+                             versions=versions, deadlines_ms=deadlines, facets=facet_counts, total=total,
+                             entities=plan.within(limit), positions=plan.track_positions(len(top)))
+
+    def _entity_plan(self, qnorm: str, types: Collection[str], ids: list[str], scores: np.ndarray,
+                     depth: list[int], keep: int, mask: np.ndarray | None) -> EntityPlan:
+        """The artist and album hits of the search, placed among its ranked tracks."""
+        if self.entities is None:
+            return EntityPlan([], "track" in types)
+        allowed = None if mask is None else (lambda tids: self.columns.allowed(mask, tids))
+        return self.entities.plan(qnorm, types, [ids[i] for i in depth], [float(scores[i]) for i in depth],
+                                  depth=keep, allowed=allowed)
 
     def _allowed(self, track_ids: list[str], mask: np.ndarray) -> list[str]:
         return [t for t, ok in zip(track_ids, self.columns.allowed(mask, track_ids), strict=True) if ok]

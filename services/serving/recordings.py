@@ -28,9 +28,14 @@ from retrievers.text import normalize, strip_version
 _FEATURING = re.compile(r"\s(?:feat\.?|ft\.|featuring)[\s,]|;", re.IGNORECASE)
 
 
+def primary_credit(artist: str) -> str:
+    """'Big Moe featuring Z-Ro' -> 'Big Moe', 'Khea;Omar Varela' -> 'Khea': as written."""
+    return _FEATURING.split(artist, maxsplit=1)[0].strip() or artist.strip()
+
+
 def primary_artist(artist: str) -> str:
     """'Big Moe featuring Z-Ro' -> 'big moe', 'Khea;Omar Varela' -> 'khea'. Normalized."""
-    return normalize(_FEATURING.split(artist, maxsplit=1)[0]) or normalize(artist)
+    return normalize(primary_credit(artist)) or normalize(artist)
 
 
 def base_title(title: str) -> str:

@@ -18,9 +18,11 @@ import redis
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from logged.records import is_entity_id
 from services.catalog import Catalog
 from services.decision_store import DecisionStore
-from services.serving.api_models import ErrorBody, ErrorResponse, SearchHit, SearchResponse
+from services.serving.api_models import EntityHit, ErrorBody, ErrorResponse, SearchHit, SearchResponse
+from services.serving.entities import EntityIndex, PlacedEntity
 
 log = logging.getLogger("ltrr.pages")
 SEARCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -31,6 +33,7 @@ class PagesRuntime(Protocol):
 
     catalog: Catalog
     decisions: DecisionStore
+    entities: EntityIndex
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -66,14 +69,22 @@ def pages_router(runtime: PagesRuntime, guard: Callable[[Request], None]) -> API
             cut = slice(offset, offset + limit)
             ids = ranked.ids[cut]
             # Before answering: a page whose tracks could not be recorded would refuse their feedback.
-            if not store.show(search_id, offset, ids):
+            shown = {i: ranked.entities[i][1] for i in ids if i in ranked.entities}
+            if not store.show(search_id, offset, ids, shown):
                 return _error(404, "search_not_found", f"search '{search_id}' expired")
         except (redis.RedisError, OSError) as exc:
             log.warning("page of %s: search state store unavailable: %s", search_id, exc)
             return _error(503, "unavailable", "the search state store is unavailable; retry shortly")
-        hits = []
+        hits: list[SearchHit | EntityHit] = []
         for pos, (tid, score, by) in enumerate(zip(ids, ranked.scores[cut], ranked.found_by[cut], strict=True),
                                                start=offset + 1):
+            if is_entity_id(tid):  # an artist or album hit, with the top tracks it was served with
+                e = rt.entities.get(tid)
+                if e is not None and tid in ranked.entities:
+                    match, tracks = ranked.entities[tid]
+                    hits.append(EntityHit.of_entity(PlacedEntity(pos, e, tuple(tracks), match, score),  # type: ignore[arg-type]
+                                                    rt.catalog))
+                continue
             t = rt.catalog.by_id.get(tid)
             if t is None:  # the catalog was rebuilt since the search: skip what it no longer holds
                 continue

@@ -30,6 +30,7 @@ from services.keys import Keys
 from services.learning.trainer import TrainerProcess
 from services.models import ModelHolder, Reloader, StoreSource
 from services.redis_server import EmbeddedRedis
+from services.serving.entities import EntityIndex
 from services.serving.feedback import FeedbackIngest
 from services.serving.pipeline import Components, SearchPipeline
 from services.serving.suggest_service import SuggestService, suggest_holder
@@ -400,8 +401,11 @@ class Runtime:
         version = self.policy.version
         self.ranker = ranker_holder(settings)
         self.decision_log = JsonlWriter(settings.logs_dir, "decisions")
+        # Artists and albums as results: derived from the catalog, so built here, not stored.
+        self.entities = EntityIndex.from_catalog(self.catalog)
         parts = Components(catalog=self.catalog, retrievers=retrievers, policy=self.policy, ranker=self.ranker,
-                           q2e_store=self.q2e_store, dense=self.dense, intent=loaded.structured)
+                           q2e_store=self.q2e_store, dense=self.dense, intent=loaded.structured,
+                           entities=self.entities)
         self.activity = ActivityRecorder(self.redis, self.keys)
         self.pipeline = SearchPipeline(settings, parts, self.redis, self.keys, self.decision_log,
                                        activity=self.activity)

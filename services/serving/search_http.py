@@ -24,7 +24,7 @@ import orjson
 from pydantic import ValidationError
 
 from services.catalog import Catalog
-from services.serving.api_models import SearchRequest
+from services.serving.api_models import EntityHit, SearchRequest
 
 if TYPE_CHECKING:  # the pipeline imports the retrievers; this module only needs its types
     from services.serving.pipeline import SearchOutcome
@@ -86,10 +86,16 @@ def response_document(out: SearchOutcome, req: SearchRequest, catalog: Catalog) 
         feats = None
         if rows is not None:
             feats = {n: (None if v != v else float(v)) for n, v in zip(names, rows[i].tolist(), strict=True)}
-        hits.append({"track_id": t.track_id, "position": i + 1, "title": t.title, "artist": t.artist,
+        hits.append({"type": "track", "track_id": t.track_id, "position": out.positions[i], "title": t.title,
+                     "artist": t.artist,
                      "album": t.album, "genres": list(t.genres), "year": t.year, "score": _num(out.scores[i]),
                      "retrievers": list(out.found_by.get(tid, ())), "versions": list(out.versions.get(tid, ())),
                      "features": feats})
+    if out.entities:
+        # Artists and albums at their positions among the tracks; few per page, so built through
+        # their model (which resolves their top tracks) and dumped.
+        hits += [EntityHit.of_entity(p, catalog).model_dump(mode="json") for p in out.entities]
+        hits.sort(key=lambda h: h["position"])  # type: ignore[arg-type, return-value]
     debug = None
     if req.debug:
         rec = out.record

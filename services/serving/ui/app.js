@@ -310,17 +310,50 @@ function icon(name) {
   return s;
 }
 
-function resultRow(data, hit, position) {
-  const meta = [hit.artist, hit.album, hit.year].filter((x) => x !== undefined && x !== null && x !== "");
-  const buttons = [["play", "Play"], ["like", "Like"], ["skip", "Skip"]].map(([type, label]) => {
-    const b = el("button", { type: "button", class: `fb fb-${type}`, "data-type": type, "aria-label": `${label} ${hit.title}` },
-                 icon(type), el("span", { text: label }));
+// Feedback buttons of one hit: each click is an event with its own event_id, at the hit's position.
+// `target` names what was acted on: {track_id} for a track, {entity_id[, track_id]} for an artist
+// or album (without a track_id the server takes the entity's first top track: what its Play plays).
+function feedbackButtons(data, target, position, label, kinds) {
+  return kinds.map(([type, text]) => {
+    const b = el("button", { type: "button", class: `fb fb-${type}`, "data-type": type, "aria-label": `${text} ${label}` },
+                 icon(type), el("span", { text }));
     b.addEventListener("click", () => {
-      Outbox.add({ event_id: uuid(), search_id: data.search_id, track_id: hit.track_id, type, position,
+      Outbox.add({ event_id: uuid(), search_id: data.search_id, ...target, type, position,
                    timestamp: Date.now() / 1000, session_id: SESSION_ID }, b);
     });
     return b;
   });
+}
+const FEEDBACK = [["play", "Play"], ["like", "Like"], ["skip", "Skip"]];
+
+// An artist or album hit: its name, what it is, and its top tracks (most popular first), each
+// playable; Play / Like / Skip act on the entity itself.
+function entityRow(data, hit, position) {
+  const kind = hit.type === "artist" ? "Artist" : "Album";
+  const meta = hit.type === "artist"
+    ? [`${hit.recordings} song${hit.recordings === 1 ? "" : "s"}`]
+    : [hit.artist, hit.year].filter((x) => x !== undefined && x !== null && x !== "");
+  if (hit.match === "typo") meta.push("matched despite a typo");
+  const tracks = el("ol", { class: "top-tracks" }, (hit.top_tracks || []).map((t) => el("li", { "data-track": t.track_id },
+    feedbackButtons(data, { entity_id: hit.entity_id, track_id: t.track_id }, position, t.title, [["play", ""]])[0],
+    el("span", { class: "tt-title", text: t.title }),
+    hit.type === "album" ? null : el("span", { class: "hint", text: ` · ${t.album}` }))));
+  const genres = el("div", { class: "genres" }, ...(hit.genres || []).slice(0, 4).map((g) => el("span", { class: "chip", text: g })));
+  return el("li", { class: `hit entity e-${hit.type}`, "data-entity": hit.entity_id, "data-position": String(position) },
+    el("div", { class: "pos", text: String(position) }),
+    el("div", { class: "main" },
+      el("div", { class: "title" }, el("span", { class: `kind k-${hit.type}`, text: kind }), document.createTextNode(` ${hit.name}`)),
+      el("div", { class: "sub", text: meta.join(" · ") }),
+      el("div", { class: "tags" }, genres),
+      tracks),
+    el("div", { class: "score", title: hit.match === "tracks" ? "its best track's ranker score" : "name match", text: fmtNum(hit.score, 3) }),
+    el("div", { class: "actions" }, feedbackButtons(data, { entity_id: hit.entity_id }, position, hit.name, FEEDBACK)));
+}
+
+function resultRow(data, hit, position) {
+  if (hit.type === "artist" || hit.type === "album") return entityRow(data, hit, position);
+  const meta = [hit.artist, hit.album, hit.year].filter((x) => x !== undefined && x !== null && x !== "");
+  const buttons = feedbackButtons(data, { track_id: hit.track_id }, position, hit.title, FEEDBACK);
   const found = el("div", { class: "found" }, el("span", { class: "hint", text: "found by" }),
                    ...(hit.retrievers || []).map((r) => el("span", { class: `badge r-${r}`, text: RETRIEVER_LABELS[r] || r })));
   const genres = el("div", { class: "genres" }, ...(hit.genres || []).slice(0, 4).map((g) => el("span", { class: "chip", text: g })));
