@@ -297,3 +297,23 @@ def test_bandit_learns_from_clicks_that_one_retriever_alone_finds(built_settings
     finally:
         worker.training_log.close()
         rt.close()
+
+
+def test_feedback_on_another_version_of_a_served_hit_counts_for_that_hit(redis_client) -> None:
+    """A page shows one hit per recording and lists the other releases in `versions`: a client
+    playing one of those names it, at the hit's position, and the event is recorded on the hit."""
+    keys = Keys(prefix=f"ltrr-versions-{uuid.uuid4().hex[:8]}")
+    redis_client.set(keys.served("s1"), served_value(time.time(), "q", ["a", "b", "c"]))
+    ingest = FeedbackIngest(redis_client, keys, DecisionStore(redis_client, keys, feedback_window_s=3600,
+                                                              reward_wait_s=30, grace_s=600,
+                                                              updates_maxlen=1000),
+                            recording_of={"a": "r1", "b": "r2", "b-live": "r2", "x": "r9"})
+    ok = ingest.ingest([FeedbackEventIn(search_id="s1", track_id="b-live", position=2, type="play", event_id="v1")])
+    assert ok.accepted == ["v1"]
+    stored = [f[b"e"] for _, f in redis_client.xrange(keys.feedback_stream)]
+    assert len(stored) == 1 and b'"track_id":"b"' in stored[0]
+    # Another recording, or the version at another hit's position, is still refused, and nothing is written.
+    for tid, pos in (("x", 2), ("b-live", 1), ("b-live", 9)):
+        bad = ingest.ingest([FeedbackEventIn(search_id="s1", track_id=tid, position=pos, type="play")])
+        assert bad.errors and not bad.accepted, (tid, pos)
+    assert redis_client.xlen(keys.feedback_stream) == 1

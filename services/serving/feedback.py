@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -95,11 +96,16 @@ class IngestResult:
 
 
 class FeedbackIngest:
-    def __init__(self, client: redis.Redis, keys: Keys, decisions: DecisionStore, *, stream_maxlen: int = 5_000_000):
+    def __init__(self, client: redis.Redis, keys: Keys, decisions: DecisionStore, *, stream_maxlen: int = 5_000_000,
+                 recording_of: Mapping[str, str] | None = None):
         self.redis = client
         self.keys = keys
         self.decisions = decisions
         self.stream_maxlen = stream_maxlen
+        # track id -> recording (services.serving.recordings.recording_key): a page shows one hit per
+        # recording, and a client that plays another release of it (the hit's `versions`) names
+        # that release; the event is then recorded on the hit that was served.
+        self.recording_of = recording_of or {}
 
     def validate(self, events: list[FeedbackEventIn], *, now: float | None = None,
                  indices: list[int] | None = None) -> tuple[list[FeedbackEvent], list[EventError]]:
@@ -117,7 +123,7 @@ class FeedbackIngest:
                 continue
             ready.append(FeedbackEvent(
                 event_id=e.event_id or uuid.uuid4().hex, search_id=e.search_id,
-                track_id=e.track_id or served[e.search_id].entity_tracks[e.entity_id or ""][0], entity_id=e.entity_id,
+                track_id=self._recorded_track(e, served[e.search_id]), entity_id=e.entity_id,
                 type=e.type, position=e.position, timestamp=e.timestamp if e.timestamp is not None else now,
                 user_id=e.user_id, session_id=e.session_id, dwell_ms=e.dwell_ms))
         return ready, errors
@@ -155,13 +161,31 @@ class FeedbackIngest:
             if err:
                 return err
         elif e.track_id not in ids:
-            return "track_id", f"track_id '{e.track_id}' was not returned by search '{e.search_id}'"
+            if not self._version_of_hit(e, ids):
+                return "track_id", f"track_id '{e.track_id}' was not returned by search '{e.search_id}'"
         elif ids.index(e.track_id) + 1 != e.position:
             return "position", f"track_id '{e.track_id}' was served at position {ids.index(e.track_id) + 1}, " \
                                f"not {e.position}"
         if e.timestamp is not None and not (search_ts - MAX_CLOCK_SKEW_S <= e.timestamp <= now + MAX_CLOCK_SKEW_S):
             return "timestamp", "timestamp must lie between the search time and now (±5 min clock skew)"
         return None
+
+    def _version_of_hit(self, e: FeedbackEventIn, ids: list[str]) -> bool:
+        """Whether the event names another release of the recording served at its position."""
+        if e.track_id is None or not 1 <= e.position <= len(ids):
+            return False
+        rec = self.recording_of.get(e.track_id)
+        return rec is not None and rec == self.recording_of.get(ids[e.position - 1])
+
+    def _recorded_track(self, e: FeedbackEventIn, shown: Served) -> str:
+        """The track an accepted event is recorded on: the one named; an entity's first top track
+        when none is; the served hit when the event names another version of it (the reward, the
+        click memory and the ranker's labels then count the recording once, on what was served)."""
+        if e.track_id is None:
+            return shown.entity_tracks[e.entity_id or ""][0]
+        if e.entity_id is None and e.track_id not in shown.ids:
+            return shown.ids[e.position - 1]
+        return e.track_id
 
     @staticmethod
     def _check_entity(e: FeedbackEventIn, shown: Served) -> tuple[str, str] | None:

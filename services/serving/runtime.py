@@ -414,7 +414,7 @@ class Runtime:
         self.pipeline.warm_up()
         single_threaded_kernels()  # again: loading the models brought in more BLAS/OpenMP copies (scipy's)
         self.decisions = DecisionStore.from_settings(self.redis, self.keys, settings)
-        self.ingest = FeedbackIngest(self.redis, self.keys, self.decisions)
+        self.ingest = FeedbackIngest(self.redis, self.keys, self.decisions, recording_of=self.pipeline.recording_of)
         self.worker = None
         self.trainer: TrainerProcess | None = None
         self._start_worker = settings.embedded_worker if start_worker is None else start_worker
