@@ -58,26 +58,24 @@ class ArmBudgets:
     def deadline_ms(self, arm: str) -> float:
         return self._deadline.get(arm, self.cap_ms)
 
+    def _good_by_cost(self, arms: Iterable[str]) -> list[str]:
+        """The arms that usually find something, by measured median latency, cheapest first."""
+        good = []
+        with self._lock:
+            for arm in arms:
+                found = self._found.get(arm)
+                if arm in self._median and found and sum(found) >= self.good_share * len(found):
+                    good.append((self._median[arm], arm))
+        return [a for _, a in sorted(good)]
+
     def by_cost(self, arms: Iterable[str], default: str) -> list[str]:
         """Every arm, cheapest good one first (measured median latency among those that usually
         find something), then `default`, then the rest in the order given."""
         arms = list(arms)
-        good = []
-        with self._lock:
-            for arm in arms:
-                found = self._found.get(arm)
-                if arm in self._median and found and sum(found) >= self.good_share * len(found):
-                    good.append((self._median[arm], arm))
-        ordered = [a for _, a in sorted(good)]
-        return list(dict.fromkeys([*ordered, *([default] if default in arms else []), *arms]))
+        return list(dict.fromkeys([*self._good_by_cost(arms), *([default] if default in arms else []), *arms]))
 
     def cheapest_good(self, arms: Iterable[str], default: str) -> str:
         """The arm with the lowest measured median latency among those that usually find
         something; `default` until enough is measured."""
-        good = []
-        with self._lock:
-            for arm in arms:
-                found = self._found.get(arm)
-                if arm in self._median and found and sum(found) >= self.good_share * len(found):
-                    good.append((self._median[arm], arm))
-        return min(good)[1] if good else default
+        good = self._good_by_cost(arms)
+        return good[0] if good else default
