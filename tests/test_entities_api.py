@@ -76,7 +76,7 @@ def test_a_track_query_gets_no_entity_hit(served) -> None:
 
 def test_unknown_types_are_a_422_naming_the_field(served) -> None:
     _, _, c = served
-    for params in ({"q": "x", "types": "track,song"}, {"q": "x", "types": ""}, {"q": "x", "types": "artist,artist"}):
+    for params in ({"q": "x", "types": "track,song"}, {"q": "x", "types": ""}, {"q": "x", "types": "artist;album"}):
         r = c.get("/search", params=params)
         assert r.status_code == 422, params
         assert [d["field"] for d in r.json()["error"]["details"]] == ["types"], r.text
@@ -84,7 +84,15 @@ def test_unknown_types_are_a_422_naming_the_field(served) -> None:
         r = c.post("/search", json={"q": "x", "types": types})
         assert r.status_code == 422, types
         assert r.json()["error"]["details"][0]["field"] == "types", r.text
-    assert "song" in c.get("/search", params={"q": "x", "types": "song"}).json()["error"]["message"]
+    # The GET parameter's published pattern names the kinds; the body's message names the bad one.
+    message = c.get("/search", params={"q": "x", "types": "song"}).json()["error"]["message"]
+    assert all(k in message for k in ("track", "artist", "album")), message
+    assert "podcast" in c.post("/search", json={"q": "x", "types": ["podcast"]}).json()["error"]["message"]
+    # A repeated kind is allowed by the schema and asks for nothing more.
+    for got in (c.get("/search", params={"q": "taylor swift", "types": "artist, artist"}),
+                c.post("/search", json={"q": "taylor swift", "types": ["artist", "artist"]})):
+        assert got.status_code == 200, got.text
+        assert {h["type"] for h in got.json()["results"]} == {"artist"}
 
 
 def test_feedback_on_an_entity_counts_like_a_play_of_its_top_track(served) -> None:

@@ -406,8 +406,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         collapse: Annotated[bool, Query(description="one hit per recording")] = True,
         facets: Annotated[str | None, Query(max_length=64, pattern=r"^(genre|decade)(,(genre|decade))?$",
                                             description="comma list: `genre`, `decade`")] = None,
-        types: Annotated[str | None, Query(max_length=64, description="comma list of hit kinds: `track`, `artist`, "
-                                                                       "`album` (default all three)")] = None,
+        types: Annotated[str | None, Query(max_length=64, pattern=TYPES_PATTERN,
+                                           description="comma list of hit kinds: `track`, `artist`, `album` "
+                                                       "(default all three)")] = None,
     ) -> Response:
         unknown = sorted(set(request.query_params) - GET_SEARCH_PARAMS)
         if unknown:
@@ -523,6 +524,7 @@ class FilterQuery(SearchFilters):
     model_config = ConfigDict(extra="ignore", strict=False)
 
 
+TYPES_PATTERN = r"^ *(track|artist|album) *(, *(track|artist|album) *){0,2}$"
 GET_SEARCH_PARAMS = frozenset({"q", "limit", "user_id", "session_id", "locale", "device", "debug", "analytics",
                                "collapse", "facets", "types", *SearchFilters.model_fields})
 

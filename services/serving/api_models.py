@@ -77,8 +77,10 @@ class SearchRequest(BaseModel):
             unknown = [t for t in v if t not in HIT_TYPES]
             if unknown:
                 raise ValueError(f"unknown type {unknown[0]!r}; use {', '.join(HIT_TYPES)}")
-            if len(set(v)) != len(v):
-                raise ValueError("a type is listed twice")
+            # A repeated type asks for nothing more: served once (the published schema allows
+            # repeats, so refusing them would refuse a valid request).
+            if len(v) <= len(HIT_TYPES):  # a longer list stays too long (maxItems)
+                v = list(dict.fromkeys(v))
         return v
 
     @field_validator("q")
