@@ -1,5 +1,10 @@
 """Assembles a running service from settings and artifacts on disk: Redis (own or external),
-catalog, retrievers, models with hot reload, pipeline, feedback ingest and (embedded) worker."""
+catalog, retrievers, models with hot reload, pipeline, feedback ingest and (embedded) worker.
+
+Why one module of this size (~500 lines): it is the one place that knows the order things must
+load and close in (Redis before the stores, models before the pipeline, the writer's flush
+before Redis closes), and each loader here is a few lines of glue around a library's own
+loader; split apart, that order would be spread over several files."""
 
 from __future__ import annotations
 
