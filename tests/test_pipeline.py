@@ -206,9 +206,12 @@ def test_serving_uses_the_configured_query_encoder_precision(runtime: Runtime, b
         assert len(set(exact) & set(fast)) >= 7 and fast[0] in exact[:3], q
 
 
-def test_a_chosen_arm_that_finds_nothing_falls_back_to_lexical(keyed_service, fresh_redis_state) -> None:
+def test_a_chosen_arm_that_finds_nothing_falls_back_to_the_cheapest_good_arm(keyed_service,
+                                                                               fresh_redis_state) -> None:
     # A fresh deployment's Q2E memory knows no queries yet: a q2e-only choice must not serve an
     # empty page. The fallback's items are logged under its own name, outside the chosen action.
+    # Which arm fills is measured (ArmBudgets.by_cost: lexical or XR, about 1 ms each), so the
+    # test asks for one filler that found the page, not for a name.
     from bandit.policy import FixedPolicy
 
     rt = keyed_service[0]
@@ -224,11 +227,14 @@ def test_a_chosen_arm_that_finds_nothing_falls_back_to_lexical(keyed_service, fr
     rec = out.record
     assert tuple(rec.actions[rec.chosen].arms) == ("q2e",)
     assert rec.candidates.get("q2e") == []
-    assert rec.served and rec.candidates["lexical"]
-    assert all(arms == ["lexical"] for arms in out.found_by.values())
+    fillers = set(rec.candidates) - {"q2e"}
+    assert rec.served and len(fillers) == 1, rec.candidates.keys()
+    filler = fillers.pop()
+    assert len(rec.candidates[filler]) >= 10
+    assert all(arms == [filler] for arms in out.found_by.values())
 
 
-def test_a_chosen_arm_that_finds_too_few_for_the_page_is_filled_by_lexical(keyed_service, fresh_redis_state) -> None:
+def test_a_chosen_arm_that_finds_too_few_for_the_page_is_filled(keyed_service, fresh_redis_state) -> None:
     # The seeded memory knows "ed sheeran shape of you" with a handful of tracks: a q2e-only
     # choice finds fewer than a page, and the cheapest good arm fills the rest, after them.
     from bandit.policy import FixedPolicy
@@ -242,7 +248,7 @@ def test_a_chosen_arm_that_finds_too_few_for_the_page_is_filled_by_lexical(keyed
     finally:
         holder.set(saved, getattr(saved, "version", None))
     rec = out.record
-    assert 0 < len(rec.candidates["q2e"]) < 20 and rec.candidates["lexical"]
+    assert 0 < len(rec.candidates["q2e"]) < 20 and set(rec.candidates) - {"q2e"}
     assert len(rec.served) == 20
     assert rt.catalog.by_id[rec.served[0]].title.lower().startswith("shape of you")
 
@@ -258,14 +264,19 @@ def test_a_once_played_track_below_the_page_gets_its_last_slot_and_pins_stay_put
     assert _trial(order, ids, remembered=["t4"], pins=set(), limit=10, slots=1) == (order, 0)
 
 
-def test_a_repeated_query_is_answered_from_the_retrieval_cache_until_the_model_changes(runtime: Runtime) -> None:
+def test_a_repeated_query_is_answered_from_the_retrieval_cache_until_the_model_changes(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     """services.serving.retrieval_cache: the second identical search runs no cacheable arm and
     retrieves exactly what the arms would; the click memory (q2e) always runs; swapping XR
     (a hot reload) drops its entries and the new model is asked."""
     pipe = runtime.pipeline
     q = "dua lipa levitating cache test"
+    # Generous deadlines: an arm dropped for lateness on a loaded machine is (rightly) not cached,
+    # and this test is about what is cached, not about deadlines.
+    monkeypatch.setattr(pipe.budgets, "deadline_ms", lambda arm: 5000.0)
     with _forced(pipe, ("lexical", "dense", "xr", "q2e")):
         first = pipe.search(q, 10, analytics=False)
+        assert not first.record.failed
         hits = _metric_labels("ltrr_retrieval_cache_total", outcome="hit")
         second = pipe.search(q, 10, analytics=False)
         assert _metric_labels("ltrr_retrieval_cache_total", outcome="hit") == hits + 3  # lexical, dense, xr
