@@ -5,7 +5,6 @@ retrievers/ or ranker/.
 """
 
 from bandit.actions import Action, action_features, enumerate_actions
-from bandit.arm_stats import ArmStats
 from bandit.context import CONTEXT_FEATURES, build_context, render_shared
 from bandit.policy import (
     CostModel,
@@ -20,7 +19,6 @@ from bandit.policy import (
 __all__ = [
     "CONTEXT_FEATURES",
     "Action",
-    "ArmStats",
     "CostModel",
     "Decision",
     "FixedPolicy",

@@ -39,12 +39,6 @@ CONTEXT_FEATURES: tuple[str, ...] = (
 # Categorical features are one-hot: "<prefix><value>" = 1.0.
 LOCALE_PREFIX = "locale="
 DEVICE_PREFIX = "device="
-# Running per-arm statistics travel in the context (see arm_stats.ArmStats.as_context) so the
-# logged record holds everything needed to rebuild the action features; they are rendered into
-# the action lines, not the shared line.
-ARM_RATE_PREFIX = "arm_rate="
-ARM_MS_PREFIX = "arm_ms="
-ARM_PREFIXES: tuple[str, ...] = (ARM_RATE_PREFIX, ARM_MS_PREFIX)
 
 SHARED_NAMESPACE = "s"
 
@@ -190,11 +184,10 @@ def vw_feature(name: str, value: float) -> str:
 
 
 def shared_features(context: Mapping[str, float]) -> Iterable[tuple[str, float]]:
-    """The context features that belong on the shared line: everything except per-arm stats, plus
-    the bucket indicators, skipping zeros (VW treats absent features as 0) and non-finite values
-    (they would poison the weights)."""
+    """The context features of the shared line: every feature plus the bucket indicators, skipping
+    zeros (VW treats absent features as 0) and non-finite values (they would poison the weights)."""
     for name, value in context.items():
-        if not math.isfinite(value) or name.startswith(ARM_PREFIXES):
+        if not math.isfinite(value):
             continue
         bucket = BUCKETED.get(name)
         if bucket is not None:

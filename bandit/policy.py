@@ -20,14 +20,15 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import vowpal_wabbit_next as vw
 
-from bandit.actions import DEFAULT_REFERENCE_MS, Action, expected_latency_ms, render_action_lines
-from bandit.context import ARM_PREFIXES, render_shared
+from bandit.actions import Action, render_action_lines
+from bandit.context import render_shared
 
 # Bumped when the example layout (namespaces, feature names) changes: a model trained on another
 # layout must not be loaded silently.
 FEATURE_LAYOUT_VERSION = 1
 VW_VERSION: str = vw.VW_VERSION
-_LINE_CACHE_SIZE = 256
+# "ms" mode divides a search's latency by this, so that the latency cost is an O(1) number.
+DEFAULT_REFERENCE_MS = 10.0
 
 
 class RandomLike(Protocol):
@@ -75,8 +76,7 @@ class CostModel:
         table = tuple(sorted((a, float(ms)) for a, ms in arm_ms.items() if math.isfinite(ms) and ms >= 0))
         return replace(self, latency_mode="arm_ms", arm_ms=table)
 
-    def latency_cost(self, action: Action, latency_ms: float | None = None,
-                     context: Mapping[str, float] | None = None) -> float:
+    def latency_cost(self, action: Action, latency_ms: float | None = None) -> float:
         if self.latency_mode == "arm_ms":
             prices = dict(self.arm_ms)
             mean = sum(prices.values()) / len(prices) if prices else 0.0
@@ -87,16 +87,14 @@ class CostModel:
             return float(len(action.arms))
         if self.latency_mode == "arms":
             return float(len(action.arms))
-        ms = latency_ms if latency_ms is not None else expected_latency_ms(action, context)
-        if ms is None:
-            raise ValueError("latency_mode='ms' needs latency_ms or arm latencies in the context")
-        return ms / self.reference_ms
+        if latency_ms is None:
+            raise ValueError("latency_mode='ms' needs the search's latency_ms")
+        return latency_ms / self.reference_ms
 
-    def cost(self, reward: float, action: Action, latency_ms: float | None = None,
-             context: Mapping[str, float] | None = None) -> float:
+    def cost(self, reward: float, action: Action, latency_ms: float | None = None) -> float:
         if not math.isfinite(reward):
             raise ValueError(f"reward must be finite, got {reward}")
-        return -reward + self.latency_lambda * self.latency_cost(action, latency_ms, context)
+        return -reward + self.latency_lambda * self.latency_cost(action, latency_ms)
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,6 @@ class VWPolicy:
         self._ws = vw.Workspace(args, model_data=model_data) if model_data is not None else vw.Workspace(args)
         self._parser = vw.TextFormatParser(self._ws)
         self._fast = _fast_path(self._ws) if fast_path else None
-        self._line_cache: dict[tuple, list[str]] = {}
         self._rng = random.Random(self.config.seed)
         # A VW workspace is not thread safe; serving threads and the learner share one.
         self._lock = threading.Lock()
@@ -215,17 +212,7 @@ class VWPolicy:
     def example_lines(self, context: Mapping[str, float], actions: Sequence[Action],
                       labelled: int | None = None, cost: float = 0.0, probability: float = 1.0) -> list[str]:
         """The VW text lines for one decision; `labelled` puts '0:cost:probability' on that action."""
-        actions = tuple(actions)
-        # Action lines depend only on the actions and the arm statistics in the context, which change
-        # far less often than queries arrive: reuse them while those inputs are unchanged.
-        key = (actions, tuple(v for n, v in context.items() if n.startswith(ARM_PREFIXES)))
-        action_lines = self._line_cache.get(key)
-        if action_lines is None:
-            action_lines = render_action_lines(actions, context, self.config.cost.reference_ms)
-            if len(self._line_cache) >= _LINE_CACHE_SIZE:
-                self._line_cache.clear()
-            self._line_cache[key] = action_lines
-        lines = [render_shared(context), *action_lines]
+        lines = [render_shared(context), *render_action_lines(actions)]
         if labelled is not None:
             lines[labelled + 1] = f"0:{cost:.6g}:{probability:.6g} {lines[labelled + 1]}"
         return lines
@@ -285,7 +272,7 @@ class VWPolicy:
 
     def learn(self, context: Mapping[str, float], actions: Sequence[Action], chosen: int, reward: float,
               propensity: float, latency_ms: float | None = None) -> None:
-        cost = self.config.cost.cost(reward, actions[chosen], latency_ms, context)
+        cost = self.config.cost.cost(reward, actions[chosen], latency_ms)
         self.learn_cost(context, actions, chosen, cost, propensity)
 
     def learn_full_information(self, context: Mapping[str, float], actions: Sequence[Action],
@@ -299,7 +286,7 @@ class VWPolicy:
         p = self.config.full_info_probability or 1.0 / len(actions)
         for i, action in enumerate(actions):
             lat = latencies[i] if latencies is not None else None
-            self.learn_cost(context, actions, i, self.config.cost.cost(rewards[i], action, lat, context), p)
+            self.learn_cost(context, actions, i, self.config.cost.cost(rewards[i], action, lat), p)
 
 
 class FixedPolicy:

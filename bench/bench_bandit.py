@@ -1,7 +1,7 @@
 """Bandit micro-benchmark: decide() / learn() latency with the realistic action set.
 
-4 retrievers (lexical, dense, xr, q2e), subsets of at most 2 arms plus "all" = 11 actions, a full
-context from build_context plus per-arm running stats. Target (BRIEF): decide <= 0.2 ms.
+4 retrievers (lexical, dense, xr, q2e), subsets of at most 2 arms plus "all" = 11 actions, the
+context that serving builds (build_context). Target (BRIEF): decide <= 0.2 ms.
 
     python -m bench.bench_bandit [--quick]
 """
@@ -15,7 +15,6 @@ import random
 import time
 
 from bandit.actions import enumerate_actions
-from bandit.arm_stats import ArmStats
 from bandit.context import build_context
 from bandit.policy import VWConfig, VWPolicy
 from bench.common import latency_summary, write_result
@@ -26,7 +25,7 @@ _WORDS = ["love", "story", "taylor", "swift", "sad", "songs", "gym", "rap", "lat
           "beyonce", "halo", "2000s", "hits", "chill", "lofi", "rock", "ballads"]
 
 
-def _contexts(n: int, stats: ArmStats, r: random.Random) -> list[dict[str, float]]:
+def _contexts(n: int, r: random.Random) -> list[dict[str, float]]:
     vocab = set(_WORDS) - {"tayler", "lvoe"}
     out = []
     for _ in range(n):
@@ -36,7 +35,6 @@ def _contexts(n: int, stats: ArmStats, r: random.Random) -> list[dict[str, float
                             q2e_hit=r.random() < 0.3, q2e_evidence=r.randint(0, 50), ts=1.7e9 + r.randrange(604800),
                             affinity={"pop": r.random(), "rock": r.random()}, locale=r.choice(["de", "en", "es"]),
                             device=r.choice(["ios", "android", "web"]))
-        ctx.update(stats.as_context(RETRIEVERS))
         out.append(ctx)
     return out
 
@@ -44,12 +42,8 @@ def _contexts(n: int, stats: ArmStats, r: random.Random) -> list[dict[str, float
 def _bench_policy(config: VWConfig, n: int, warm: int, seed: int = 0) -> dict[str, object]:
     r = random.Random(seed)
     actions = enumerate_actions(RETRIEVERS, max_arms=2, budgets=(100,), include_all=True)
-    stats = ArmStats()
-    for arm, ms in zip(RETRIEVERS, (1.5, 4.0, 0.4, 0.2), strict=True):
-        stats.observe_latency(arm, ms)
-        stats.observe_reward(arm, 0.5)
     policy = VWPolicy(config)
-    contexts = _contexts(n, stats, r)
+    contexts = _contexts(n, r)
     # Warm the model so timings reflect a model with populated weights, not an empty one.
     for ctx in contexts[:warm]:
         d = policy.decide(ctx, actions)

@@ -11,7 +11,6 @@ import random
 import pytest
 
 from bandit.actions import Action, action_features, enumerate_actions, render_action
-from bandit.arm_stats import ArmStats
 from bandit.context import CONTEXT_FEATURES, build_context, render_shared
 from bandit.policy import CostModel, FixedPolicy, UniformRandomPolicy, VWConfig, VWPolicy
 from logged.rewards import RewardConfig, subset_rewards, wanted_events
@@ -95,31 +94,10 @@ def test_context_features() -> None:
     assert build_context("abc")["oov_share"] == 0.0
 
 
-def test_action_features_use_arm_stats_from_context() -> None:
-    stats = ArmStats(prior_latency_ms=5.0)
-    stats.observe_latency("dense", 20.0)
-    stats.observe_reward("dense", 1.0)
-    ctx = {"q_tokens": 2.0, **stats.as_context(RETRIEVERS)}
-    feats = action_features(Action(("lexical", "dense"), 100), ctx, reference_ms=10.0)
-    assert feats["arm=lexical"] == feats["arm=dense"] == 1.0 and feats["n_arms"] == 2.0
-    assert feats["ms=dense"] == 2.0 and feats["lat_total"] == pytest.approx(2.5) and feats["rate=dense"] == 1.0
-    assert "arm_ms=" not in render_shared(ctx)  # arm stats go to the action lines only
-    assert render_action(feats, "0:-1:0.5").startswith("0:-1:0.5 |a arm=lexical")
-
-
-def test_arm_stats_ewma_and_roundtrip() -> None:
-    stats = ArmStats(alpha=0.1)
-    stats.observe_reward("a", 1.0)
-    assert stats.reward_rate("a") == 1.0  # first observation is taken as is, not blended with the prior
-    for _ in range(200):
-        stats.observe_reward("a", 0.0)
-    assert stats.reward_rate("a") < 0.01
-    stats.observe_latency("a", 3.0)
-    back = ArmStats.from_json(stats.to_json())
-    assert back.reward_rate("a") == stats.reward_rate("a") and back.latency_ms("a") == 3.0
-    assert back.reward_rate("unseen") == back.prior_reward
-    with pytest.raises(ValueError):
-        stats.observe_latency("a", float("nan"))
+def test_action_features_are_the_action_alone() -> None:
+    feats = action_features(Action(("lexical", "dense"), 100))
+    assert feats == {"arm=lexical": 1.0, "arm=dense": 1.0, "log_budget": 0.0, "n_arms": 2.0}
+    assert render_action(feats, "0:-1:0.5") == "0:-1:0.5 |a arm=lexical arm=dense n_arms:2"
 
 
 @pytest.mark.parametrize("exploration", ["epsilon", "squarecb"])
@@ -226,7 +204,6 @@ def test_latency_cost_modes() -> None:
     assert CostModel(0.1).cost(1.0, act) == pytest.approx(-0.8)
     ms = CostModel(0.5, latency_mode="ms", reference_ms=10.0)
     assert ms.cost(0.0, act, latency_ms=20.0) == pytest.approx(1.0)
-    assert ms.cost(0.0, act, context={"arm_ms=a": 5.0, "arm_ms=b": 5.0}) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         ms.cost(0.0, act)
 
@@ -297,15 +274,13 @@ def test_fixed_and_uniform_baselines(actions: list[Action]) -> None:
 
 def test_fast_path_and_cached_lines_match_public_api(actions: list[Action]) -> None:
     """decide()'s shortcuts (core VW calls, cached action lines) must not change what VW sees."""
-    stats = ArmStats()
     fast, slow = VWPolicy(), VWPolicy(fast_path=False)
     assert fast._fast is not None and slow._fast is None
     r = random.Random(6)
     for step in range(200):
         kind = r.randrange(2)
-        stats.observe_latency(RIGHT[kind], r.uniform(1, 9))
-        ctx = {**_context(kind, r), **stats.as_context(RETRIEVERS)}
-        expected = [render_shared(ctx)] + [render_action(action_features(a, ctx)) for a in actions]
+        ctx = _context(kind, r)
+        expected = [render_shared(ctx)] + [render_action(action_features(a)) for a in actions]
         lines = fast.example_lines(ctx, actions, labelled=step % len(actions), cost=-1.0, probability=0.5)
         assert [sorted(line.split()) for line in lines[1:] if not line.startswith("0:")] == [
             sorted(line.split()) for i, line in enumerate(expected[1:]) if i != step % len(actions)]

@@ -335,7 +335,7 @@ class BanditLearner:
             # Progressive validation: the learning policy is scored on this search before it
             # learns from it (services.learning.gate.BanditGate).
             p_new = self.policy.decide(rec.context, actions).probabilities[rec.chosen]
-            net = -self.policy.config.cost.cost(rec.reward, actions[rec.chosen], latency, rec.context)
+            net = -self.policy.config.cost.cost(rec.reward, actions[rec.chosen], latency)
             self.gate.observe(p_new, rec.propensity, net)
             if rec.shadow and "subset_rewards" in payload:
                 self.policy.learn_full_information(rec.context, actions, payload["subset_rewards"])
