@@ -19,6 +19,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
+from ranker.compiled import CompiledForest, compile_forest
 from ranker.features import DEFAULT_REGISTRY, FeatureRegistry
 
 # Small-data defaults: click logs give a few thousand queries; small trees, a minimum leaf size
@@ -66,12 +67,17 @@ class LTRModel:
     registry_version: str
     meta: dict[str, object] = field(default_factory=dict)
     num_threads: int = 1  # prediction threads: 1 avoids OpenMP start-up cost on 300-row batches
+    # The same trees as machine code (ranker.compiled), set by load(compiled=True): what serving
+    # scores with; None scores with the booster.
+    compiled: CompiledForest | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if X.ndim != 2 or X.shape[1] != len(self.feature_names):
             raise ValueError(f"expected (n, {len(self.feature_names)}) features, got {X.shape}")
         if X.shape[0] == 0:
             return np.zeros(0, dtype=np.float64)
+        if self.compiled is not None:
+            return self.compiled.predict(X)
         return self.booster.predict(X, num_threads=self.num_threads)
 
     @property
@@ -102,10 +108,12 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def load(path: Path | str, registry: FeatureRegistry = DEFAULT_REGISTRY, *, num_threads: int = 1,
-         version: str | None = None) -> LTRModel:
+         version: str | None = None, compiled: bool = False) -> LTRModel:
     """Loads a directory written by `LTRModel.write`, refusing it (ModelLoadError) unless it is
     intact and was trained on exactly `registry`'s features in the same order. `version` (the
-    artifact store's name for it) becomes `model.version`."""
+    artifact store's name for it) becomes `model.version`. `compiled` also compiles the trees to
+    machine code for serving (ranker.compiled: ~1 s once, then ~20x faster scoring); a model that
+    cannot be compiled faithfully is still loaded and scores with LightGBM."""
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
@@ -130,7 +138,10 @@ def load(path: Path | str, registry: FeatureRegistry = DEFAULT_REGISTRY, *, num_
         raise ModelLoadError(f"{path}: model.txt feature names differ from meta.json")
     if version is not None:
         meta["version"] = version
-    return LTRModel(booster, list(names), registry.version, meta, num_threads=num_threads)
+    model = LTRModel(booster, list(names), registry.version, meta, num_threads=num_threads)
+    if compiled:
+        model.compiled = compile_forest(model_txt, len(names), lambda X: booster.predict(X, num_threads=1))
+    return model
 
 
 def _diff(got: object, want: Sequence[str]) -> str:

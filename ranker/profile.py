@@ -72,12 +72,10 @@ def profile_features(table: TrackTable, profile: QueryProfile, rows: np.ndarray)
     if profile.empty or n == 0:
         return out
     # Each candidate's own vote (0 if it did not vote), for the leave-one-out terms.
-    own = np.zeros(n)
-    where = {int(r): i for i, r in enumerate(profile.rows)}
-    for j, r in enumerate(rows):
-        i = where.get(int(r))
-        if i is not None:
-            own[j] = profile.weights[i]
+    order = np.argsort(profile.rows)
+    voted = profile.rows[order]
+    at = np.minimum(np.searchsorted(voted, rows), len(voted) - 1)
+    own = np.where(voted[at] == rows, profile.weights[order][at], 0.0)
     rest = np.maximum(1.0 - own, 1e-9)
 
     tags = table.tags[rows].astype(np.float64)

@@ -356,6 +356,41 @@ def test_write_load_round_trip(tmp_path, small_model) -> None:
     np.testing.assert_array_equal(loaded.predict(data.X), model.predict(data.X))
 
 
+def test_compiled_ranker_scores_exactly_like_lightgbm(tmp_path, small_model) -> None:
+    """Serving scores with the trees compiled by lleaves: the same scores (so the same ranking) on
+    real feature rows, missing values included, as LightGBM's predictor."""
+    model, data = small_model
+    path = model.write(tmp_path)
+    fast = load(path, compiled=True)
+    assert fast.compiled is not None
+    x = data.X.copy()
+    x[::7, R.index["dense_cos"]] = np.nan
+    np.testing.assert_allclose(fast.predict(x), model.booster.predict(x), rtol=0, atol=1e-9)
+    assert fast.predict(np.zeros((0, R.dim), dtype=np.float32)).shape == (0,)
+
+
+def test_a_ranker_that_cannot_be_compiled_faithfully_is_served_by_lightgbm(tmp_path, small_model,
+                                                                          monkeypatch) -> None:
+    model, data = small_model
+    path = model.write(tmp_path)
+    import lleaves
+
+    def broken(self, *a, **k):  # what a compiler bug or an unsupported model looks like
+        raise RuntimeError("cannot compile")
+
+    with monkeypatch.context() as m:
+        m.setattr(lleaves.Model, "compile", broken)
+        slow = load(path, compiled=True)
+    assert slow.compiled is None
+    np.testing.assert_array_equal(slow.predict(data.X), model.predict(data.X))
+    # A compiled copy that scores differently is refused too: it would change the ranking.
+    from ranker import compiled as compiled_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(compiled_mod.CompiledForest, "predict", lambda self, X: np.zeros(len(X)))
+        assert load(path, compiled=True).compiled is None
+
+
 def test_load_refuses_mismatched_features(tmp_path, small_model) -> None:
     model, _ = small_model
     path = model.write(tmp_path)

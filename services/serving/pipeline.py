@@ -551,10 +551,12 @@ class SearchPipeline:
                 continue
             sc = np.full(n, np.nan, dtype=np.float32)
             rk = np.full(n, np.nan, dtype=np.float32)
-            for c in cands:
-                i = pos.get(c.track_id)
-                if i is not None:
-                    sc[i], rk[i] = c.score, c.rank
+            at = np.fromiter((pos.get(c.track_id, -1) for c in cands), dtype=np.int64, count=len(cands))
+            hit = at >= 0
+            if hit.any():
+                # Scatters into the union's order (a track listed twice keeps its last entry, as a loop would).
+                sc[at[hit]] = np.fromiter((c.score for c in cands), dtype=np.float32, count=len(cands))[hit]
+                rk[at[hit]] = np.fromiter((c.rank for c in cands), dtype=np.float32, count=len(cands))[hit]
             scores[arm], ranks[arm] = sc, rk
             # The pseudo-relevance profile (ranker.profile) is voted by every served list's top results.
             voters[arm] = [row_of[c.track_id] for c in cands[:PROFILE_DEPTH] if c.track_id in row_of]

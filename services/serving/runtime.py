@@ -252,7 +252,7 @@ def ranker_holder(settings: Settings) -> ModelHolder[ranker_model.LTRModel]:
 
     def load(path: Path, version: str) -> ranker_model.LTRModel:
         # Refuses a model whose feature names differ from this registry (train = serve).
-        return ranker_model.load(path, registry, version=version)
+        return ranker_model.load(path, registry, version=version, compiled=settings.compile_ranker)
 
     return ModelHolder("ranker", StoreSource(ArtifactStore(settings.models_dir / "ranker", "ranker"), load))
 
