@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from bandit.actions import Action
@@ -168,6 +169,26 @@ def test_rank_features_of_unrun_retrievers_are_missing(runtime: Runtime) -> None
     for arm in {"lexical", "dense", "xr", "q2e"} - ran:
         col = names.index(f"ret_{arm}_score")
         assert all(row[col] is None for row in out.record.features)
+
+
+def test_memory_features_from_the_memory_list_equal_the_memory_lookup(runtime: Runtime) -> None:
+    """A search whose click-memory list came back complete reads the memory's feature from that
+    list instead of asking Redis again; both must give the same value to the same tracks."""
+    pipe = runtime.pipeline
+    query = "ed sheeran perfect"
+    qnorm = query
+    results = {a: pipe.parts.retrievers[a].retrieve(query, 100) for a in ("lexical", "q2e")}
+    memory = results["q2e"]
+    assert 0 < len(memory) < 100  # the cold-start memory knows this query, completely
+    union = list(dict.fromkeys(c.track_id for cands in results.values() for c in cands))
+    arms = ("lexical", "q2e")
+    ids, asked = pipe.featurize(qnorm, query, union, results, None, arms)
+    ids2, read = pipe.featurize(qnorm, query, union, results, None, arms,
+                                q2e_all={c.track_id: c.score for c in memory})
+    col = pipe.registry.index["q2e_ctr"]
+    assert ids == ids2
+    assert (~np.isnan(asked[:, col])).sum() > 0
+    np.testing.assert_allclose(read[:, col], asked[:, col], rtol=1e-6, equal_nan=True)
 
 
 def test_shadow_mode_runs_everything_but_serves_the_default(built_settings, fresh_redis_state) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.catalog import Catalog
-from services.serving.recordings import base_title, collapse, primary_artist, recording_key
+from services.serving.recordings import base_title, collapse, collapse_ranked, primary_artist, recording_key
 
 
 def _rows(catalog: Catalog, title_start: str) -> list:
@@ -88,3 +88,6 @@ def test_collapse_contract() -> None:
     assert collapse([], [], keys.__getitem__, pops.__getitem__) == []
     with pytest.raises(ValueError):
         collapse(["a1"], [], keys.__getitem__, pops.__getitem__)
+    # A ranking already in its final order (what /search collapses): first id of each recording.
+    assert collapse_ranked(["b2", "a1", "b1", "a2", "c1", "a1"], keys.__getitem__) == [
+        ("b2", ["b1"]), ("a1", ["a2"]), ("c1", [])]

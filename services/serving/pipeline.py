@@ -44,7 +44,7 @@ from services.serving.arm_budgets import ArmBudgets
 from services.serving.decision_writer import DecisionWriter, SearchActivity
 from services.serving.entities import HIT_TYPES, EntityIndex, EntityPlan, EntityPlanner, PlacedEntity
 from services.serving.filters import CatalogColumns, Facet, SearchFilters
-from services.serving.recordings import base_title, collapse, primary_artist, recording_key
+from services.serving.recordings import base_title, collapse_ranked, primary_artist, recording_key
 from services.serving.retrieval_cache import Key, RetrievalCache
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,13 @@ class SearchPipeline:
         # Remembered tracks are ranked even when the chosen retrievers missed them.
         head = set(union_ids[: self.settings.rerank_depth])
         union_ids += [tid for tid in remembered if tid not in head]
+        # When the memory's own list ran unfiltered and came back shorter than asked, it holds every
+        # track the memory scores for this query: the features read it instead of asking again.
+        memory_list = results.get("q2e") if mask is None and "q2e" not in failed else None
+        complete = memory_list is not None and len(memory_list) < fetch
         ids, feats = self.featurize(qnorm, query, union_ids, results, affinity, served_arms,
-                                    keep=set(remembered), q2e_known=q2e_known)
+                                    keep=set(remembered), q2e_known=q2e_known,
+                                    q2e_all={c.track_id: c.score for c in memory_list} if complete else None)
         scores, order = self.score(feats, ids, results, served_arms)
         order = _pin(order, ids, memory)
         versions: dict[str, list[str]] = {}
@@ -247,8 +252,7 @@ class SearchPipeline:
         if collapse_versions:
             # The catalog has one row per release: a page shows each recording once, at the rank of
             # its best-ranked version (the order given, pins included).
-            groups = collapse([ids[i] for i in order], [-float(r) for r in range(len(order))],
-                              self.recording_of.__getitem__, self.popularity_of.__getitem__)
+            groups = collapse_ranked([ids[i] for i in order], self.recording_of.__getitem__)
             pos = {tid: i for i, tid in enumerate(ids)}
             versions = {rep: others for rep, others in groups[:keep] if others}
             order = [pos[rep] for rep, _ in groups]  # other versions are never served beside their best
@@ -489,8 +493,14 @@ class SearchPipeline:
     def _enough(self, results: Mapping[str, list[Candidate]], arms: Sequence[str], limit: int,
                 by_recording: bool) -> bool:
         """Whether `arms` found a page's worth: `limit` tracks, or recordings when versions collapse."""
-        found = {c.track_id for a in arms for c in results.get(a, ())}
-        return len({self.recording_of.get(t, t) for t in found} if by_recording else found) >= limit
+        seen: set[str] = set()
+        of = self.recording_of.get if by_recording else None
+        for a in arms:
+            for c in results.get(a, ()):
+                seen.add(of(c.track_id, c.track_id) if of else c.track_id)
+                if len(seen) >= limit:  # usually within the first list's first page: stop there
+                    return True
+        return False
 
     def _retrieve_now(self, query: str, arm: str, budget: int) -> tuple[list[Candidate], float] | None:
         """One arm in this thread, without a deadline (through the retrieval cache, as the chosen
@@ -529,7 +539,8 @@ class SearchPipeline:
 
     def featurize(self, qnorm: str, query: str, union_ids: list[str], results: dict[str, list[Candidate]],
                   affinity: dict[str, float] | None, served_arms: tuple[str, ...],
-                  keep: set[str] | None = None, q2e_known: bool = True) -> tuple[list[str], np.ndarray]:
+                  keep: set[str] | None = None, q2e_known: bool = True,
+                  q2e_all: Mapping[str, float] | None = None) -> tuple[list[str], np.ndarray]:
         """Ranker feature rows for the union (its first rerank_depth, plus the ids in `keep`), in
         registry order; only served arms' scores count, so training (which calls this too) sees
         what serving sees. Ids unknown to the catalog are dropped (e.g. a model trained on an
@@ -562,7 +573,11 @@ class SearchPipeline:
             voters[arm] = [row_of[c.track_id] for c in cands[:PROFILE_DEPTH] if c.track_id in row_of]
         dense_cos = self._dense_cosines(query, ids) if "dense" in scores else None
         q2e_ctr = None
-        if q2e_known and (q2e := self._q2e_scores(qnorm, ids)):
+        if q2e_all is not None:
+            q2e = {t: q2e_all[t] for t in ids if t in q2e_all}
+        else:
+            q2e = self._q2e_scores(qnorm, ids) if q2e_known else None
+        if q2e:
             q2e_ctr = np.array([q2e.get(t, np.nan) for t in ids], dtype=np.float32)
         rows = self.table.rows(ids)
         profile = build_profile(self.table, voters) if voters else None

@@ -60,12 +60,18 @@ def collapse(ids: Sequence[str], scores: Sequence[float], key_of: Callable[[str]
     if len(ids) != len(scores):
         raise ValueError(f"{len(ids)} ids but {len(scores)} scores")
     order = sorted(range(len(ids)), key=lambda i: (-float(scores[i]), -float(popularity_of(ids[i])), i))
+    return collapse_ranked([ids[i] for i in order], key_of)
+
+
+def collapse_ranked(ranked_ids: Sequence[str], key_of: Callable[[str], str]) -> list[tuple[str, list[str]]]:
+    """collapse() of ids already in their final order (a search's ranking, pins placed): each
+    recording is represented by its first id. One pass, no sort: this runs on every search."""
     groups: dict[str, list[str]] = {}
-    seen: set[str] = set()
-    for i in order:
-        tid = ids[i]
-        if tid in seen:
-            continue
-        seen.add(tid)
-        groups.setdefault(key_of(tid), []).append(tid)
+    for tid in dict.fromkeys(ranked_ids):
+        key = key_of(tid)
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [tid]
+        else:
+            members.append(tid)
     return [(members[0], members[1:]) for members in groups.values()]
