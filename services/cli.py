@@ -163,9 +163,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _serve_workers(s)
         return
     from services.serving.api import create_app
-    from services.serving.runtime import Runtime
+    from services.serving.runtime import Runtime, freeze_loaded_heap
 
     rt = Runtime(s)
+    freeze_loaded_heap()
     print(f"ltrr serving on http://{s.host}:{s.port}/  (web page: http://{s.host}:{s.port}/, "
           f"API docs: http://{s.host}:{s.port}/docs)", flush=True)
     uvicorn.run(create_app(rt), host=s.host, port=s.port, log_config=None, access_log=False)

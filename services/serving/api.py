@@ -565,8 +565,10 @@ def app_from_env() -> FastAPI:
     own Runtime from the LTRR_* environment that the parent exported."""
     from services.config import Settings
     from services.logging_setup import setup_logging
-    from services.serving.runtime import Runtime
+    from services.serving.runtime import Runtime, freeze_loaded_heap
 
     settings = Settings.from_env()
     setup_logging(settings.log_level, json_logs=settings.log_json)
-    return create_app(Runtime(settings))
+    runtime = Runtime(settings)
+    freeze_loaded_heap()
+    return create_app(runtime)

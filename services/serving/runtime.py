@@ -9,6 +9,7 @@ loader; split apart, that order would be spread over several files."""
 from __future__ import annotations
 
 import atexit
+import gc
 import hashlib
 import json
 import logging
@@ -244,6 +245,17 @@ class BanditStore:
             log.error("bandit learner: NO valid bandit version among %s; learning starts from a FRESH policy "
                       "and replays bandit:updates from the beginning", sorted(candidates))
         return self.fresh(), "0-0"
+
+
+def freeze_loaded_heap() -> None:
+    """Exempts everything loaded so far (catalog, track table, vocabularies, models: ~470k objects
+    at 28k tracks) from garbage collection, for a serving process once its Runtime is built.
+    Why: they live as long as the process, yet every full collection walked them with the GIL
+    held, 350-570 ms per collection measured on a loaded machine, a stall for every search in
+    flight. Serving processes only: frozen objects are never freed, which a CLI job or a test
+    that builds several runtimes would leak."""
+    gc.collect()  # what is already garbage is freed, not frozen
+    gc.freeze()
 
 
 def ranker_holder(settings: Settings) -> ModelHolder[ranker_model.LTRModel]:
