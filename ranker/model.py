@@ -112,7 +112,7 @@ def load(path: Path | str, registry: FeatureRegistry = DEFAULT_REGISTRY, *, num_
     """Loads a directory written by `LTRModel.write`, refusing it (ModelLoadError) unless it is
     intact and was trained on exactly `registry`'s features in the same order. `version` (the
     artifact store's name for it) becomes `model.version`. `compiled` also compiles the trees to
-    machine code for serving (ranker.compiled: ~1 s once, then ~20x faster scoring); a model that
+    machine code for serving (ranker.compiled: ~1 s once, then ~5x faster scoring, bench_ranker); a model that
     cannot be compiled faithfully is still loaded and scores with LightGBM."""
     path = Path(path)
     try:

@@ -79,7 +79,7 @@ class Settings(BaseModel):
     shed_queue: int = Field(default=32, ge=0)  # above search_queue: never shed
     rerank_depth: int = Field(default=200, ge=10, le=2000)  # union size the ranker scores
     # Serve the ranker compiled to machine code (ranker.compiled, lleaves): ~1 s per model load,
-    # then ~20x faster scoring; off = LightGBM's own predictor.
+    # then ~5x faster scoring (bench_ranker); off = LightGBM's own predictor.
     compile_ranker: bool = True
     # Per-arm retrieval cache (services.serving.retrieval_cache): this many (arm, version, query,
     # k) candidate lists per process, ~9 kB each at k=100; 0 = off. Repeated queries (Zipfian
